@@ -1,0 +1,218 @@
+//! Values layering (chart defaults, overlays, cluster file) and validation against the chart's schema.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use super::Chart;
+use crate::diag::InputError;
+
+/// One layer of values, in merge order (later wins).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValueLayer {
+    /// File the layer comes from, relative to the repository root.
+    pub file: String,
+    /// Where in `file` the values live, e.g. `values.zookeeper` (empty for a whole values.yaml).
+    pub key_prefix: String,
+    pub values: Value,
+}
+
+/// The merged values of one chart, and which layer file set each node.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MergedValues {
+    pub values: Value,
+    /// JSON pointer in `values` (every node, maps included) -> file of the last layer that set it.
+    pub origin: BTreeMap<String, String>,
+}
+
+impl MergedValues {
+    /// File of the layer that set `pointer`, or of its nearest ancestor that has one.
+    pub fn origin_of(&self, pointer: &str) -> Option<&str> {
+        let mut p = pointer;
+        loop {
+            if let Some(f) = self.origin.get(p) {
+                return Some(f);
+            }
+            if p.is_empty() {
+                return None;
+            }
+            p = match p.rfind('/') {
+                Some(i) => &p[..i],
+                None => "",
+            };
+        }
+    }
+}
+
+/// Escape one JSON pointer segment (RFC 6901).
+pub fn escape_segment(s: &str) -> String {
+    if s.contains('~') || s.contains('/') { s.replace('~', "~0").replace('/', "~1") } else { s.to_string() }
+}
+
+/// Merge `layers` in order: maps merge recursively, lists and scalars replace, and a `null`
+/// in any layer after the first deletes the key (the first layer's nulls are kept as defaults).
+pub fn merge_values(layers: &[ValueLayer]) -> MergedValues {
+    let mut merged = MergedValues { values: Value::Object(Map::new()), origin: BTreeMap::new() };
+    for (i, layer) in layers.iter().enumerate() {
+        if i == 0 {
+            merged.values = match &layer.values {
+                Value::Null => Value::Object(Map::new()),
+                v => v.clone(),
+            };
+            let mut ptr = String::new();
+            record_origin(&merged.values, &mut ptr, &layer.file, &mut merged.origin);
+            continue;
+        }
+        let mut ptr = String::new();
+        merge_into(&mut merged.values, &layer.values, &mut ptr, &layer.file, &mut merged.origin);
+    }
+    merged
+}
+
+fn record_origin(v: &Value, ptr: &mut String, file: &str, origin: &mut BTreeMap<String, String>) {
+    origin.insert(ptr.clone(), file.to_string());
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                let len = ptr.len();
+                ptr.push('/');
+                ptr.push_str(&escape_segment(k));
+                record_origin(child, ptr, file, origin);
+                ptr.truncate(len);
+            }
+        }
+        Value::Array(a) => {
+            for (i, child) in a.iter().enumerate() {
+                let len = ptr.len();
+                ptr.push('/');
+                ptr.push_str(&i.to_string());
+                record_origin(child, ptr, file, origin);
+                ptr.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn remove_origin_under(ptr: &str, origin: &mut BTreeMap<String, String>) {
+    let prefix = format!("{ptr}/");
+    let doomed: Vec<String> = origin
+        .range(prefix.clone()..)
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in doomed {
+        origin.remove(&k);
+    }
+    origin.remove(ptr);
+}
+
+fn merge_into(base: &mut Value, layer: &Value, ptr: &mut String, file: &str, origin: &mut BTreeMap<String, String>) {
+    match (base, layer) {
+        (Value::Object(bm), Value::Object(lm)) => {
+            origin.insert(ptr.clone(), file.to_string());
+            for (k, lv) in lm {
+                let len = ptr.len();
+                ptr.push('/');
+                ptr.push_str(&escape_segment(k));
+                if lv.is_null() {
+                    bm.remove(k);
+                    remove_origin_under(ptr, origin);
+                } else {
+                    match bm.get_mut(k) {
+                        Some(bv) if bv.is_object() && lv.is_object() => merge_into(bv, lv, ptr, file, origin),
+                        _ => {
+                            remove_origin_under(ptr, origin);
+                            let clean = strip_nulls(lv);
+                            record_origin(&clean, ptr, file, origin);
+                            bm.insert(k.clone(), clean);
+                        }
+                    }
+                }
+                ptr.truncate(len);
+            }
+        }
+        (base, Value::Null) => {
+            let _ = base;
+        }
+        (base, layer) => {
+            remove_origin_under(ptr, origin);
+            let clean = strip_nulls(layer);
+            record_origin(&clean, ptr, file, origin);
+            *base = clean;
+        }
+    }
+}
+
+/// A value from a later layer, with null map entries dropped (they delete nothing that exists).
+fn strip_nulls(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            Value::Object(m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), strip_nulls(v))).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+/// Validate the FINAL merged values against the chart's `values.schema.json` (when it has one).
+///
+/// The error names the chart (object), the JSON pointer in the values, and the layer file
+/// that set the offending key.
+pub fn validate_values(chart: &Chart, merged: &MergedValues) -> Result<(), InputError> {
+    let Some(schema) = &chart.schema else { return Ok(()) };
+    let schema_file = format!("{}/values.schema.json", chart.rel_dir);
+    let validator = jsonschema::validator_for(schema)
+        .map_err(|e| InputError::new(&schema_file, format!("invalid JSON Schema: {e}")).object(format!("chart {}", chart.meta.name)))?;
+    let mut errors: Vec<(String, String)> = validator
+        .iter_errors(&merged.values)
+        .map(|e| (e.instance_path().as_str().to_string(), e.to_string()))
+        .collect();
+    if errors.is_empty() {
+        return Ok(());
+    }
+    errors.sort();
+    let (pointer, message) = errors.swap_remove(0);
+    let layer = merged.origin_of(&pointer).unwrap_or(&schema_file).to_string();
+    let more = if errors.is_empty() { String::new() } else { format!(" (and {} more)", errors.len()) };
+    Err(InputError::new(layer, format!("values do not match {schema_file}: {message}{more}"))
+        .place(format!("values of chart {}", chart.meta.name))
+        .pointer(if pointer.is_empty() { "/".to_string() } else { pointer })
+        .object(format!("chart {}", chart.meta.name)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn layer(file: &str, v: Value) -> ValueLayer {
+        ValueLayer { file: file.into(), key_prefix: String::new(), values: v }
+    }
+
+    #[test]
+    fn maps_merge_lists_and_scalars_replace_null_deletes() {
+        let m = merge_values(&[
+            layer("charts/a/values.yaml", json!({"a": {"x": 1, "y": [1, 2], "z": "keep"}, "gone": 3, "nul": null})),
+            layer("overlays/o/overlay.yaml", json!({"a": {"x": 2, "y": [9]}, "gone": null, "new": {"n": null, "m": 1}})),
+        ]);
+        assert_eq!(m.values, json!({"a": {"x": 2, "y": [9], "z": "keep"}, "nul": null, "new": {"m": 1}}));
+        assert_eq!(m.origin["/a/x"], "overlays/o/overlay.yaml");
+        assert_eq!(m.origin["/a/z"], "charts/a/values.yaml");
+        assert_eq!(m.origin["/a/y/0"], "overlays/o/overlay.yaml");
+        assert!(!m.origin.contains_key("/a/y/1"));
+        assert!(!m.origin.contains_key("/gone"));
+        assert_eq!(m.origin_of("/a/y/0/deeper"), Some("overlays/o/overlay.yaml"));
+    }
+
+    #[test]
+    fn scalar_replaced_by_map_and_back() {
+        let m = merge_values(&[
+            layer("v", json!({"a": 1})),
+            layer("o1", json!({"a": {"b": 2}})),
+            layer("o2", json!({"a": 3})),
+        ]);
+        assert_eq!(m.values, json!({"a": 3}));
+        assert!(!m.origin.contains_key("/a/b"));
+        assert_eq!(m.origin["/a"], "o2");
+    }
+}

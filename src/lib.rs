@@ -1,0 +1,23 @@
+//! pailot: charts + layered overlays -> deterministic manifests -> server-side apply -> drift watch.
+//!
+//! ```text
+//!  trigger (notify | poll | webhook | signal)
+//!    └─▶ Revision     {commit, checkout dir}                 source
+//!    └─▶ Chart[]      {meta, values, templates}              chart        (pure)
+//!    └─▶ RenderedSet  {ObjectId → object, provenance}        render + overlay (pure)
+//!    └─▶ Plan         {stages, dependency DAG, prunes}       plan         (pure)
+//!    └─▶ ApplyReport  {id → created|configured|unchanged|deleted|skipped, health}  apply
+//!    └─▶ Inventory    {revision, members}                    inventory (ApplySet parent Secret + state file)
+//! ```
+
+pub mod cli;
+pub mod cluster;
+pub mod diag;
+pub mod manifest;
+pub mod provenance;
+pub mod quantity;
+
+/// Field manager for every server-side apply pailot makes.
+pub const FIELD_MANAGER: &str = "pailot";
+/// Version of this build, used in the ApplySet tooling label and `pailot_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

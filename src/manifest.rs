@@ -1,0 +1,113 @@
+//! Rendered Kubernetes objects: their identity (`ObjectId`) and the set one render produces.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::provenance::Provenance;
+
+/// Identity of a Kubernetes object: group, version, kind, namespace, name.
+///
+/// Ordering is the deterministic output order within one stage (see `render`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectId {
+    /// API group; empty for the core group.
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    /// `None` for cluster-scoped objects (and for namespaced objects before defaulting).
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+/// Why a document is not a Kubernetes object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ObjectIdError {
+    #[error("document is not a mapping")]
+    NotAMapping,
+    #[error("missing or empty {0}")]
+    Missing(&'static str),
+}
+
+impl ObjectId {
+    /// Read the identity of `obj` (`apiVersion`, `kind`, `metadata.name`, `metadata.namespace`).
+    pub fn of(obj: &Value) -> Result<Self, ObjectIdError> {
+        let map = obj.as_object().ok_or(ObjectIdError::NotAMapping)?;
+        let api_version = map
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or(ObjectIdError::Missing("apiVersion"))?;
+        let kind = map
+            .get("kind")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or(ObjectIdError::Missing("kind"))?;
+        let meta = map.get("metadata");
+        let name = meta
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or(ObjectIdError::Missing("metadata.name"))?;
+        let namespace = meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        let (group, version) = match api_version.split_once('/') {
+            Some((g, v)) => (g.to_string(), v.to_string()),
+            None => (String::new(), api_version.to_string()),
+        };
+        Ok(ObjectId { group, version, kind: kind.to_string(), namespace, name: name.to_string() })
+    }
+
+    /// `apps/v1` or `v1`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+    }
+
+    /// `Kind/namespace/name`, or `Kind/name` when cluster-scoped: the form every message uses.
+    pub fn display_name(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{}/{}/{}", self.kind, ns, self.name),
+            None => write!(f, "{}/{}", self.kind, self.name),
+        }
+    }
+}
+
+/// One rendered object and where it came from.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RenderedObject {
+    /// Name of the chart that rendered it.
+    pub chart: String,
+    /// Template file, relative to the repository root (e.g. `charts/zookeeper/templates/zookeeper.yaml`).
+    pub template: String,
+    /// The final object after values and overlay patches.
+    pub object: Value,
+}
+
+/// A chart taking part in a render, with its dependencies (`dependsOn`), in dependency order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChartInfo {
+    pub name: String,
+    pub version: String,
+    pub depends_on: Vec<String>,
+}
+
+/// Everything one render produced: objects by identity, the charts, and field provenance.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RenderedSet {
+    pub objects: BTreeMap<ObjectId, RenderedObject>,
+    /// Charts included by the overlays, in a dependency-respecting, deterministic order.
+    pub charts: Vec<ChartInfo>,
+    #[serde(skip)]
+    pub provenance: Provenance,
+}
