@@ -1,0 +1,4 @@
+#!/bin/bash
+set -euo pipefail
+mkdir -p /jobstatus && touch /jobstatus/jobok
+exec yarn resourcemanager
