@@ -1,0 +1,896 @@
+//! Prometheus metrics of the daemon (ARCHITECTURE.md §6): a typed `Metrics` handle over one registry, bounded labels only.
+//!
+//! Counters are registered without the `_total` suffix (the encoders add it). Every label value
+//! comes from a small enum or from a chart name; chart names come from the repository and are
+//! additionally capped at [`MAX_CHART_LABELS`] distinct values (the rest share `_other`).
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Most distinct `chart` label values kept; further charts are counted under `_other`.
+pub const MAX_CHART_LABELS: usize = 512;
+/// Content type of the OpenMetrics text exposition.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of the classic Prometheus text exposition (what `promtool check metrics` reads).
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Buckets of `pailot_reconcile_duration_seconds`: 10 ms … 30 min.
+const RECONCILE_BUCKETS: [f64; 17] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1200.0, 1800.0,
+];
+/// Buckets of `pailot_source_fetch_duration_seconds`: 5 ms … 5 min.
+const FETCH_BUCKETS: [f64; 13] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0,
+];
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The registry could not be encoded (a formatter error; not expected in practice).
+    #[error("cannot encode metrics: {0}")]
+    Encode(#[from] std::fmt::Error),
+}
+
+/// Outcome of one reconcile (`pailot_reconcile_total{result}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReconcileResult {
+    Success,
+    Failure,
+}
+
+impl ReconcileResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReconcileResult::Success => "success",
+            ReconcileResult::Failure => "failure",
+        }
+    }
+}
+
+/// Outcome of one source fetch (`pailot_source_fetch_duration_seconds{result}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FetchResult {
+    Success,
+    Failure,
+}
+
+impl FetchResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FetchResult::Success => "success",
+            FetchResult::Failure => "failure",
+        }
+    }
+}
+
+/// Stage of the reconcile loop a failure happened in (`pailot_reconcile_failures_total{stage}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stage {
+    Fetch,
+    Verify,
+    Render,
+    Plan,
+    Apply,
+    Wait,
+    Prune,
+    Inventory,
+    Drift,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Fetch => "fetch",
+            Stage::Verify => "verify",
+            Stage::Render => "render",
+            Stage::Plan => "plan",
+            Stage::Apply => "apply",
+            Stage::Wait => "wait",
+            Stage::Prune => "prune",
+            Stage::Inventory => "inventory",
+            Stage::Drift => "drift",
+        }
+    }
+}
+
+/// Why a stage failed (`pailot_reconcile_failures_total{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureReason {
+    /// Charts, overlays, cluster file or config are invalid (terminal until the next commit).
+    InvalidInput,
+    /// The commit is unsigned or signed by an untrusted key.
+    Untrusted,
+    /// The source (git remote) could not be reached or read.
+    SourceUnreachable,
+    /// The Kubernetes API could not be reached (transient).
+    ApiUnreachable,
+    /// The API server refused an object (validation, admission, conflict).
+    Rejected,
+    /// Objects did not become healthy within the timeout.
+    Timeout,
+    /// A local I/O error (state directory).
+    Io,
+    /// Anything else.
+    Other,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::InvalidInput => "invalid_input",
+            FailureReason::Untrusted => "untrusted",
+            FailureReason::SourceUnreachable => "source_unreachable",
+            FailureReason::ApiUnreachable => "api_unreachable",
+            FailureReason::Rejected => "rejected",
+            FailureReason::Timeout => "timeout",
+            FailureReason::Io => "io",
+            FailureReason::Other => "other",
+        }
+    }
+}
+
+/// What apply did to an object (`pailot_apply_objects_total{action}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ApplyAction {
+    Created,
+    Configured,
+    Unchanged,
+    Deleted,
+    Skipped,
+}
+
+impl ApplyAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApplyAction::Created => "created",
+            ApplyAction::Configured => "configured",
+            ApplyAction::Unchanged => "unchanged",
+            ApplyAction::Deleted => "deleted",
+            ApplyAction::Skipped => "skipped",
+        }
+    }
+}
+
+/// Why a prune was not done (`pailot_prune_blocked_total{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PruneBlockedReason {
+    /// More objects would be deleted than the mass-prune threshold allows.
+    MassPruneThreshold,
+    /// The object carries a keep/no-prune annotation.
+    Protected,
+    /// The live object is not owned by this inventory (another manager or ApplySet).
+    NotOwned,
+    /// The render is incomplete (a chart failed), so absence proves nothing.
+    IncompleteRender,
+}
+
+impl PruneBlockedReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PruneBlockedReason::MassPruneThreshold => "mass_prune_threshold",
+            PruneBlockedReason::Protected => "protected",
+            PruneBlockedReason::NotOwned => "not_owned",
+            PruneBlockedReason::IncompleteRender => "incomplete_render",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    stage: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailingLabels {
+    stage: &'static str,
+    reason: &'static str,
+    chart: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RevisionLabels {
+    revision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChartLabels {
+    chart: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+type F64Gauge = Gauge<f64, AtomicU64>;
+
+fn reconcile_histogram() -> Histogram {
+    Histogram::new(RECONCILE_BUCKETS)
+}
+
+fn fetch_histogram() -> Histogram {
+    Histogram::new(FETCH_BUCKETS)
+}
+
+/// Seconds since the Unix epoch, now.
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Scrape-time collector of the daemon's resident memory (`pailot_process_resident_memory_bytes`).
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// Resident set size of this process in bytes, from `/proc/self/status` (`VmRSS`, exact in kB).
+pub fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(rss) = resident_memory_bytes() {
+            let gauge = ConstGauge::new(rss as i64);
+            let metric = encoder.encode_descriptor(
+                "pailot_process_resident_memory_bytes",
+                "Resident memory of the pailot process, read at scrape time.",
+                None,
+                gauge.metric_type(),
+            )?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+/// The daemon's metrics: cheap to share (`Arc<Metrics>`), every method takes `&self`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    reconcile_total: Family<ResultLabels, Counter>,
+    reconcile_duration: Histogram,
+    failures_total: Family<FailureLabels, Counter>,
+    reconcile_failing: Family<FailingLabels, Gauge>,
+    last_success: F64Gauge,
+    start_time: F64Gauge,
+    revision_info: Family<RevisionLabels, Gauge>,
+    fetch_duration: Family<ResultLabels, Histogram, fn() -> Histogram>,
+    apply_objects_total: Family<ActionLabels, Counter>,
+    inventory_objects: Gauge,
+    drifted_objects: Family<ChartLabels, Gauge>,
+    drift_detected_total: Family<ChartLabels, Counter>,
+    chart_ready: Family<ChartLabels, Gauge>,
+    prune_blocked_total: Family<ReasonLabels, Counter>,
+    bootstrap_complete: Gauge,
+    leader: Gauge,
+    /// Serialises the "one live series" updates (revision, failing).
+    single_series: Mutex<()>,
+    /// Chart label values seen so far (bounded by [`MAX_CHART_LABELS`]).
+    charts: Mutex<HashSet<String>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with the whole catalogue registered; `pailot_build_info` carries this build's version.
+    pub fn new() -> Self {
+        Metrics::with_version(crate::VERSION)
+    }
+
+    /// Like [`Metrics::new`] with an explicit version label.
+    pub fn with_version(version: &str) -> Self {
+        let mut registry = Registry::default();
+        let reconcile_total = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "pailot_reconcile",
+            "Reconciles finished, by result.",
+            reconcile_total.clone(),
+        );
+        let reconcile_duration = reconcile_histogram();
+        registry.register(
+            "pailot_reconcile_duration_seconds",
+            "Duration of whole reconciles (fetch to healthy).",
+            reconcile_duration.clone(),
+        );
+        let failures_total = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "pailot_reconcile_failures",
+            "Reconcile failures, by stage and reason.",
+            failures_total.clone(),
+        );
+        let reconcile_failing = Family::<FailingLabels, Gauge>::default();
+        registry.register(
+            "pailot_reconcile_failing",
+            "1 while the latest reconcile failed (one series: its stage, reason and chart); absent after a success.",
+            reconcile_failing.clone(),
+        );
+        let last_success = F64Gauge::default();
+        registry.register(
+            "pailot_last_success_timestamp_seconds",
+            "Unix time of the last successful reconcile (0 before the first).",
+            last_success.clone(),
+        );
+        let start_time = F64Gauge::default();
+        start_time.set(unix_now());
+        registry.register(
+            "pailot_start_time_seconds",
+            "Unix time the daemon started.",
+            start_time.clone(),
+        );
+        let revision_info = Family::<RevisionLabels, Gauge>::default();
+        registry.register(
+            "pailot_source_revision_info",
+            "The revision (git commit) last applied; one series with value 1.",
+            revision_info.clone(),
+        );
+        let fetch_duration =
+            Family::<ResultLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                fetch_histogram as fn() -> Histogram,
+            );
+        registry.register(
+            "pailot_source_fetch_duration_seconds",
+            "Duration of source fetches, by result.",
+            fetch_duration.clone(),
+        );
+        let apply_objects_total = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "pailot_apply_objects",
+            "Objects handled by apply, by action.",
+            apply_objects_total.clone(),
+        );
+        let inventory_objects = Gauge::default();
+        registry.register(
+            "pailot_inventory_objects",
+            "Objects in the inventory (what pailot manages).",
+            inventory_objects.clone(),
+        );
+        let drifted_objects = Family::<ChartLabels, Gauge>::default();
+        registry.register(
+            "pailot_drifted_objects",
+            "Managed objects whose live state differs from the render, by chart.",
+            drifted_objects.clone(),
+        );
+        let drift_detected_total = Family::<ChartLabels, Counter>::default();
+        registry.register(
+            "pailot_drift_detected",
+            "Drift detections (objects found drifted), by chart.",
+            drift_detected_total.clone(),
+        );
+        let chart_ready = Family::<ChartLabels, Gauge>::default();
+        registry.register(
+            "pailot_chart_ready",
+            "1 when every object of the chart is healthy.",
+            chart_ready.clone(),
+        );
+        let prune_blocked_total = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "pailot_prune_blocked",
+            "Prunes refused, by reason.",
+            prune_blocked_total.clone(),
+        );
+        let bootstrap_complete = Gauge::default();
+        registry.register(
+            "pailot_bootstrap_complete",
+            "1 when the host bootstrap (control plane, mirrors, node labels) is complete.",
+            bootstrap_complete.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "pailot_leader",
+            "1 when this daemon holds the leader lease (or runs alone).",
+            leader.clone(),
+        );
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabels {
+                version: version.to_string(),
+            })
+            .set(1);
+        registry.register(
+            "pailot_build_info",
+            "Build of the daemon; value 1.",
+            build_info,
+        );
+        registry.register_collector(Box::new(ProcessCollector));
+        // Series that alerts take increase() of exist from the start at 0, so a first event counts.
+        for result in [ReconcileResult::Success, ReconcileResult::Failure] {
+            let _ = reconcile_total.get_or_create(&ResultLabels {
+                result: result.as_str(),
+            });
+        }
+        for result in [FetchResult::Success, FetchResult::Failure] {
+            let _ = fetch_duration.get_or_create(&ResultLabels {
+                result: result.as_str(),
+            });
+        }
+        for action in [
+            ApplyAction::Created,
+            ApplyAction::Configured,
+            ApplyAction::Unchanged,
+            ApplyAction::Deleted,
+            ApplyAction::Skipped,
+        ] {
+            let _ = apply_objects_total.get_or_create(&ActionLabels {
+                action: action.as_str(),
+            });
+        }
+        for reason in [
+            PruneBlockedReason::MassPruneThreshold,
+            PruneBlockedReason::Protected,
+            PruneBlockedReason::NotOwned,
+            PruneBlockedReason::IncompleteRender,
+        ] {
+            let _ = prune_blocked_total.get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            });
+        }
+        Metrics {
+            registry,
+            reconcile_total,
+            reconcile_duration,
+            failures_total,
+            reconcile_failing,
+            last_success,
+            start_time,
+            revision_info,
+            fetch_duration,
+            apply_objects_total,
+            inventory_objects,
+            drifted_objects,
+            drift_detected_total,
+            chart_ready,
+            prune_blocked_total,
+            bootstrap_complete,
+            leader,
+            single_series: Mutex::new(()),
+            charts: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The bounded label value for a chart name.
+    fn chart_label(&self, chart: &str) -> String {
+        let mut seen = self.charts.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(chart) {
+            return chart.to_string();
+        }
+        if seen.len() >= MAX_CHART_LABELS {
+            return "_other".to_string();
+        }
+        seen.insert(chart.to_string());
+        chart.to_string()
+    }
+
+    /// One reconcile finished: counts it, observes its duration; a success also stamps
+    /// `pailot_last_success_timestamp_seconds` and clears `pailot_reconcile_failing`.
+    pub fn record_reconcile(&self, result: ReconcileResult, duration: Duration) {
+        self.reconcile_total
+            .get_or_create(&ResultLabels {
+                result: result.as_str(),
+            })
+            .inc();
+        self.reconcile_duration.observe(duration.as_secs_f64());
+        if result == ReconcileResult::Success {
+            self.last_success_now();
+            let _g = self.single_series.lock().unwrap_or_else(|e| e.into_inner());
+            self.reconcile_failing.clear();
+        }
+    }
+
+    /// A stage failed: counts it and makes it the one `pailot_reconcile_failing` series.
+    pub fn record_failure(&self, stage: Stage, reason: FailureReason) {
+        self.record_failure_in(stage, reason, None);
+    }
+
+    /// Like [`Metrics::record_failure`], naming the chart the failure belongs to.
+    pub fn record_failure_in(&self, stage: Stage, reason: FailureReason, chart: Option<&str>) {
+        self.failures_total
+            .get_or_create(&FailureLabels {
+                stage: stage.as_str(),
+                reason: reason.as_str(),
+            })
+            .inc();
+        let chart = chart.map(|c| self.chart_label(c)).unwrap_or_default();
+        let _g = self.single_series.lock().unwrap_or_else(|e| e.into_inner());
+        self.reconcile_failing.clear();
+        self.reconcile_failing
+            .get_or_create(&FailingLabels {
+                stage: stage.as_str(),
+                reason: reason.as_str(),
+                chart,
+            })
+            .set(1);
+    }
+
+    /// Stamp `pailot_last_success_timestamp_seconds` with the current time.
+    pub fn last_success_now(&self) {
+        self.last_success.set(unix_now());
+    }
+
+    /// Unix time of the last successful reconcile, `None` before the first.
+    pub fn last_success(&self) -> Option<f64> {
+        let t = self.last_success.get();
+        (t > 0.0).then_some(t)
+    }
+
+    /// The applied revision; `pailot_source_revision_info` keeps exactly one live series.
+    pub fn set_revision(&self, revision: &str) {
+        let _g = self.single_series.lock().unwrap_or_else(|e| e.into_inner());
+        self.revision_info.clear();
+        self.revision_info
+            .get_or_create(&RevisionLabels {
+                revision: revision.to_string(),
+            })
+            .set(1);
+    }
+
+    /// Objects of `chart` currently drifted. Also creates the chart's drift counter at 0, so the
+    /// first detection shows up in `increase()`.
+    pub fn set_drifted(&self, chart: &str, n: u64) {
+        let l = ChartLabels {
+            chart: self.chart_label(chart),
+        };
+        let _ = self.drift_detected_total.get_or_create(&l);
+        self.drifted_objects.get_or_create(&l).set(n as i64);
+    }
+
+    /// One drift detection in `chart`.
+    pub fn inc_drift(&self, chart: &str) {
+        self.drift_detected_total
+            .get_or_create(&ChartLabels {
+                chart: self.chart_label(chart),
+            })
+            .inc();
+    }
+
+    /// Objects in the inventory.
+    pub fn set_inventory(&self, n: u64) {
+        self.inventory_objects.set(n as i64);
+    }
+
+    /// `n` objects handled with `action`.
+    pub fn record_apply(&self, action: ApplyAction, n: u64) {
+        self.apply_objects_total
+            .get_or_create(&ActionLabels {
+                action: action.as_str(),
+            })
+            .inc_by(n);
+    }
+
+    /// Whether every object of `chart` is healthy.
+    pub fn set_chart_ready(&self, chart: &str, ready: bool) {
+        let l = ChartLabels {
+            chart: self.chart_label(chart),
+        };
+        let _ = self.drift_detected_total.get_or_create(&l);
+        self.chart_ready.get_or_create(&l).set(i64::from(ready));
+    }
+
+    /// Forget the per-chart series of a chart no longer rendered (so dashboards do not show it forever).
+    pub fn forget_chart(&self, chart: &str) {
+        let l = ChartLabels {
+            chart: chart.to_string(),
+        };
+        self.chart_ready.remove(&l);
+        self.drifted_objects.remove(&l);
+        self.drift_detected_total.remove(&l);
+    }
+
+    /// One prune refused for `reason`.
+    pub fn inc_prune_blocked(&self, reason: PruneBlockedReason) {
+        self.prune_blocked_total
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// Whether the host bootstrap is complete.
+    pub fn set_bootstrap_complete(&self, complete: bool) {
+        self.bootstrap_complete.set(i64::from(complete));
+    }
+
+    /// Whether this daemon is the leader (or runs without leader election).
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// One source fetch finished.
+    pub fn record_fetch(&self, result: FetchResult, duration: Duration) {
+        self.fetch_duration
+            .get_or_create(&ResultLabels {
+                result: result.as_str(),
+            })
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Start timing a reconcile; see [`ReconcileTimer`].
+    pub fn reconcile_timer(&self) -> ReconcileTimer<'_> {
+        ReconcileTimer {
+            metrics: self,
+            start: Instant::now(),
+            done: false,
+        }
+    }
+
+    /// Unix time the daemon started.
+    pub fn start_time(&self) -> f64 {
+        self.start_time.get()
+    }
+
+    /// The OpenMetrics text exposition (ends with `# EOF`).
+    pub fn encode_openmetrics(&self) -> Result<String, Error> {
+        let mut out = String::with_capacity(4096);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    /// The classic Prometheus text exposition (version 0.0.4).
+    pub fn encode_prometheus_text(&self) -> Result<String, Error> {
+        let mut out = String::with_capacity(4096);
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
+        if !out.ends_with('\n') && !out.is_empty() {
+            writeln!(out)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Times one reconcile. `finish(result)` records it; dropped without `finish` (an early
+/// return, `?`, a panic, a cancelled future) it records a failure with the time spent so far.
+#[derive(Debug)]
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    start: Instant,
+    done: bool,
+}
+
+impl ReconcileTimer<'_> {
+    /// Record the reconcile with `result` and its duration so far.
+    pub fn finish(mut self, result: ReconcileResult) -> Duration {
+        self.done = true;
+        let d = self.start.elapsed();
+        self.metrics.record_reconcile(result, d);
+        d
+    }
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.metrics
+                .record_reconcile(ReconcileResult::Failure, self.start.elapsed());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+    }
+
+    #[test]
+    fn counters_get_total_suffix_once_and_catalogue_is_complete() {
+        let m = Metrics::with_version("1.2.3");
+        m.record_reconcile(ReconcileResult::Success, Duration::from_millis(20));
+        m.record_failure(Stage::Render, FailureReason::InvalidInput);
+        m.record_apply(ApplyAction::Created, 3);
+        m.inc_drift("grafana");
+        m.inc_prune_blocked(PruneBlockedReason::MassPruneThreshold);
+        m.record_fetch(FetchResult::Success, Duration::from_millis(7));
+        m.set_revision("abc");
+        m.set_inventory(12);
+        m.set_drifted("grafana", 2);
+        m.set_chart_ready("grafana", true);
+        let t = m.encode_openmetrics().unwrap();
+        assert!(t.ends_with("# EOF\n"), "{t}");
+        for name in [
+            "pailot_reconcile_total{result=\"success\"}",
+            "pailot_reconcile_failures_total{stage=\"render\",reason=\"invalid_input\"}",
+            "pailot_apply_objects_total{action=\"created\"}",
+            "pailot_drift_detected_total{chart=\"grafana\"}",
+            "pailot_prune_blocked_total{reason=\"mass_prune_threshold\"}",
+            "pailot_source_revision_info{revision=\"abc\"}",
+            "pailot_inventory_objects",
+            "pailot_drifted_objects{chart=\"grafana\"}",
+            "pailot_chart_ready{chart=\"grafana\"}",
+            "pailot_build_info{version=\"1.2.3\"}",
+            "pailot_bootstrap_complete",
+            "pailot_leader",
+            "pailot_reconcile_duration_seconds_count",
+            "pailot_source_fetch_duration_seconds_count{result=\"success\"}",
+        ] {
+            assert!(sample(&t, name).is_some(), "missing {name} in\n{t}");
+        }
+        assert!(!t.contains("_total_total"), "{t}");
+        assert_eq!(
+            sample(&t, "pailot_apply_objects_total{action=\"created\"}"),
+            Some("3")
+        );
+        assert_eq!(
+            sample(&t, "pailot_drifted_objects{chart=\"grafana\"}"),
+            Some("2")
+        );
+        assert_eq!(sample(&t, "pailot_inventory_objects"), Some("12"));
+        let rss: u64 = sample(&t, "pailot_process_resident_memory_bytes")
+            .expect("rss")
+            .parse()
+            .unwrap();
+        assert!(rss > 1024 * 1024, "rss {rss}");
+    }
+
+    #[test]
+    fn revision_info_keeps_one_live_series() {
+        let m = Metrics::new();
+        m.set_revision("aaaa");
+        m.set_revision("bbbb");
+        let t = m.encode_openmetrics().unwrap();
+        let n = t
+            .lines()
+            .filter(|l| l.starts_with("pailot_source_revision_info{"))
+            .count();
+        assert_eq!(n, 1, "{t}");
+        assert_eq!(
+            sample(&t, "pailot_source_revision_info{revision=\"bbbb\"}"),
+            Some("1")
+        );
+    }
+
+    #[test]
+    fn success_clears_failing_and_stamps_last_success() {
+        let m = Metrics::new();
+        assert_eq!(m.last_success(), None);
+        m.record_failure_in(
+            Stage::Render,
+            FailureReason::InvalidInput,
+            Some("zookeeper"),
+        );
+        m.record_failure(Stage::Apply, FailureReason::ApiUnreachable);
+        let t = m.encode_openmetrics().unwrap();
+        assert_eq!(
+            t.lines()
+                .filter(|l| l.starts_with("pailot_reconcile_failing{"))
+                .count(),
+            1,
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "pailot_reconcile_failing{stage=\"apply\",reason=\"api_unreachable\",chart=\"\"} 1"
+            ),
+            "{t}"
+        );
+        assert_eq!(
+            sample(&t, "pailot_prune_blocked_total{reason=\"protected\"}"),
+            Some("0"),
+            "pre-created"
+        );
+        assert_eq!(
+            sample(
+                &t,
+                "pailot_reconcile_failures_total{stage=\"render\",reason=\"invalid_input\"}"
+            ),
+            Some("1")
+        );
+        m.record_reconcile(ReconcileResult::Success, Duration::from_secs(1));
+        let t = m.encode_openmetrics().unwrap();
+        assert!(!t.contains("pailot_reconcile_failing{"), "{t}");
+        assert!(m.last_success().unwrap() > 1.6e9);
+    }
+
+    #[test]
+    fn timer_dropped_without_finish_counts_a_failure() {
+        let m = Metrics::new();
+        {
+            let _t = m.reconcile_timer();
+        }
+        let d = m.reconcile_timer().finish(ReconcileResult::Success);
+        assert!(d < Duration::from_secs(5));
+        let t = m.encode_openmetrics().unwrap();
+        assert_eq!(
+            sample(&t, "pailot_reconcile_total{result=\"failure\"}"),
+            Some("1"),
+            "{t}"
+        );
+        assert_eq!(
+            sample(&t, "pailot_reconcile_total{result=\"success\"}"),
+            Some("1"),
+            "{t}"
+        );
+        assert_eq!(
+            sample(&t, "pailot_reconcile_duration_seconds_count"),
+            Some("2"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn reported_charts_have_a_drift_counter_from_zero() {
+        let m = Metrics::new();
+        m.set_chart_ready("pylon", true);
+        let t = m.encode_openmetrics().unwrap();
+        assert_eq!(
+            sample(&t, "pailot_drift_detected_total{chart=\"pylon\"}"),
+            Some("0"),
+            "{t}"
+        );
+        m.forget_chart("pylon");
+        let t = m.encode_openmetrics().unwrap();
+        assert!(!t.contains("chart=\"pylon\""), "{t}");
+    }
+
+    #[test]
+    fn chart_labels_are_capped() {
+        let m = Metrics::new();
+        for i in 0..(MAX_CHART_LABELS + 5) {
+            m.set_chart_ready(&format!("c{i}"), true);
+        }
+        let t = m.encode_openmetrics().unwrap();
+        let n = t
+            .lines()
+            .filter(|l| l.starts_with("pailot_chart_ready{"))
+            .count();
+        assert_eq!(n, MAX_CHART_LABELS + 1, "capped plus _other");
+        assert!(t.contains("pailot_chart_ready{chart=\"_other\"} 1"));
+    }
+
+    #[test]
+    fn prometheus_text_names_counters_with_total() {
+        let m = Metrics::new();
+        m.record_apply(ApplyAction::Deleted, 1);
+        let t = m.encode_prometheus_text().unwrap();
+        assert!(
+            t.contains("# TYPE pailot_apply_objects_total counter"),
+            "{t}"
+        );
+        assert!(
+            t.contains("pailot_apply_objects_total{action=\"deleted\"} 1"),
+            "{t}"
+        );
+        assert!(!t.contains("# EOF"));
+        assert!(!t.contains("# UNIT"));
+    }
+}
