@@ -1,0 +1,713 @@
+//! Daemon configuration: the raw file (`pailot.yaml`) validated once into `Config`.
+//!
+//! Nothing downstream re-parses strings: durations are `Duration`s, files were checked to exist,
+//! secrets were read into `Secret`s (whose `Debug` never shows the value).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::diag::InputError;
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("failed to read daemon config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid configuration (names the file, line/column or field).
+    #[error(transparent)]
+    Invalid(#[from] InputError),
+}
+
+/// The daemon configuration file as written (`apiVersion: pailot.dev/v1`, `kind: DaemonConfig`).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawConfig {
+    /// Always `pailot.dev/v1`.
+    pub api_version: String,
+    /// Always `DaemonConfig`.
+    pub kind: String,
+    /// The git repository to reconcile from.
+    pub source: RawSource,
+    /// Kubeconfig file; default: the in-cluster config or `$KUBECONFIG`.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// How each reconcile applies, waits and prunes.
+    #[serde(default)]
+    pub reconcile: RawReconcile,
+    /// HTTP server (metrics, health, status, webhook).
+    #[serde(default)]
+    pub server: RawServer,
+    /// Where the checkout, `state.json` and the bootstrap record live (default `/var/lib/pailot`).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Optional leader election through a coordination.k8s.io/v1 Lease.
+    #[serde(default)]
+    pub leader_election: RawLeaderElection,
+}
+
+/// `source:` — where the deployment repository is.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawSource {
+    /// `https://…`, `ssh://…`, `git@host:path`, `file:///…` or a local path.
+    pub url: String,
+    /// Branch, tag or commit to follow (default: branch `main`).
+    #[serde(default, rename = "ref")]
+    pub git_ref: Option<RawRef>,
+    /// Sub-directory of the repository holding charts/, overlays/, clusters/ (default: the root).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Cluster file, relative to `path` (default `clusters/single-node.yaml`).
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Overlays replacing the cluster file's `overlays` list.
+    #[serde(default)]
+    pub overlays: Option<Vec<String>>,
+    /// Poll interval for remote repositories, e.g. `60s` (default `60s`).
+    #[serde(default)]
+    pub poll_interval: Option<String>,
+    /// Random extra delay added to each poll, as a fraction of the interval (default 0.1).
+    #[serde(default)]
+    pub poll_jitter: Option<f64>,
+    /// Private SSH key for `ssh://` remotes.
+    #[serde(default)]
+    pub ssh_key_file: Option<PathBuf>,
+    /// File holding an HTTPS access token (never logged).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Commit signature verification; off when absent.
+    #[serde(default)]
+    pub verify: Option<RawVerify>,
+}
+
+/// Exactly one of branch, tag or commit.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawRef {
+    #[serde(default)]
+    pub branch: Option<String>,
+    #[serde(default)]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub commit: Option<String>,
+}
+
+/// `source.verify:` — SSH commit signatures checked against git's `allowed_signers` format.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawVerify {
+    pub allowed_signers_file: PathBuf,
+}
+
+/// `reconcile:` — apply options.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawReconcile {
+    /// Delete objects that left the render (default true).
+    #[serde(default)]
+    pub prune: Option<bool>,
+    /// Wait for charts to become healthy (default true).
+    #[serde(default)]
+    pub wait: Option<bool>,
+    /// Limit for one apply + wait, e.g. `10m` (default `10m`).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Full drift sweep interval, e.g. `5m` (default `5m`).
+    #[serde(default)]
+    pub drift_interval: Option<String>,
+    /// `correct` re-applies drifted objects, `warn` only reports (default `correct`).
+    #[serde(default)]
+    pub drift_mode: Option<DriftMode>,
+    /// Refuse to prune more than this many objects in one reconcile (default 25).
+    #[serde(default)]
+    pub mass_prune_threshold: Option<usize>,
+}
+
+/// What the daemon does about drift.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DriftMode {
+    /// Re-apply the desired state.
+    #[default]
+    Correct,
+    /// Report only.
+    Warn,
+}
+
+/// `server:` — the HTTP listener.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawServer {
+    /// Listen address (default `127.0.0.1:9464`).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// File holding the webhook secret (GitHub/Gitea HMAC key or GitLab token); webhook off when absent.
+    #[serde(default)]
+    pub webhook_secret_file: Option<PathBuf>,
+}
+
+/// `leaderElection:` — a coordination.k8s.io/v1 Lease.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawLeaderElection {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Lease name (default `pailot`).
+    #[serde(default)]
+    pub lease_name: Option<String>,
+    /// Lease namespace (default `kube-system`).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Lease duration, e.g. `15s` (default `15s`).
+    #[serde(default)]
+    pub lease_duration: Option<String>,
+}
+
+/// A secret read from a file: its `Debug`/`Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Secret(bytes.into())
+    }
+    /// The secret bytes; do not log them.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The ref the daemon follows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum GitRef {
+    Branch(String),
+    Tag(String),
+    Commit(String),
+}
+
+impl fmt::Display for GitRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GitRef::Branch(b) => write!(f, "branch {b}"),
+            GitRef::Tag(t) => write!(f, "tag {t}"),
+            GitRef::Commit(c) => write!(f, "commit {c}"),
+        }
+    }
+}
+
+/// Where the repository is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RepoLocation {
+    /// A repository on this machine (a path or `file://`): watched with inotify.
+    Local(PathBuf),
+    /// A remote (`https`, `ssh`, `git@`): polled.
+    Remote(String),
+}
+
+/// Validated source settings.
+#[derive(Clone, Debug)]
+pub struct SourceConfig {
+    pub location: RepoLocation,
+    /// The URL as written (for messages and the fetch remote).
+    pub url: String,
+    pub git_ref: GitRef,
+    /// Sub-path in the repository (empty = root).
+    pub path: PathBuf,
+    /// Cluster file relative to `path`.
+    pub cluster: String,
+    pub overlays: Option<Vec<String>>,
+    pub poll_interval: Duration,
+    /// Fraction of `poll_interval` added at random to each poll (0.0 ..= 1.0).
+    pub poll_jitter: f64,
+    pub ssh_key_file: Option<PathBuf>,
+    pub token: Option<Secret>,
+    pub allowed_signers_file: Option<PathBuf>,
+}
+
+/// Validated reconcile settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReconcileConfig {
+    pub prune: bool,
+    pub wait: bool,
+    pub timeout: Duration,
+    pub drift_interval: Duration,
+    pub drift_mode: DriftMode,
+    pub mass_prune_threshold: usize,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            prune: true,
+            wait: true,
+            timeout: Duration::from_secs(600),
+            drift_interval: Duration::from_secs(300),
+            drift_mode: DriftMode::Correct,
+            mass_prune_threshold: 25,
+        }
+    }
+}
+
+/// Validated server settings.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub webhook_secret: Option<Secret>,
+}
+
+/// Validated leader-election settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderConfig {
+    pub lease_name: String,
+    pub namespace: String,
+    pub lease_duration: Duration,
+}
+
+/// The validated daemon configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it was read from.
+    pub file: PathBuf,
+    pub source: SourceConfig,
+    pub kubeconfig: Option<PathBuf>,
+    pub reconcile: ReconcileConfig,
+    pub server: ServerConfig,
+    pub state_dir: PathBuf,
+    /// `None` when leader election is off.
+    pub leader_election: Option<LeaderConfig>,
+}
+
+/// Default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/pailot";
+
+impl Config {
+    /// Read and validate `path`; relative paths in it are resolved against its directory.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Config::parse(&text, path)?)
+    }
+
+    /// Parse and validate `text` read from `file`.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, InputError> {
+        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| yaml_error(file, &e))?;
+        Config::validate(raw, file)
+    }
+
+    /// Validate a raw configuration read from `file`.
+    pub fn validate(raw: RawConfig, file: &Path) -> Result<Config, InputError> {
+        let err = |place: &str, msg: String| InputError::new(file, msg).place(place.to_string());
+        if raw.api_version != "pailot.dev/v1" {
+            return Err(err(
+                "apiVersion",
+                format!("expected pailot.dev/v1, found {:?}", raw.api_version),
+            ));
+        }
+        if raw.kind != "DaemonConfig" {
+            return Err(err(
+                "kind",
+                format!("expected DaemonConfig, found {:?}", raw.kind),
+            ));
+        }
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let must_exist = |place: &str, p: &Path| -> Result<PathBuf, InputError> {
+            let full = resolve(p);
+            if full.is_file() {
+                Ok(full)
+            } else {
+                Err(err(
+                    place,
+                    format!("file {} does not exist", full.display()),
+                ))
+            }
+        };
+        let read_secret = |place: &str, p: &Path| -> Result<Secret, InputError> {
+            let full = must_exist(place, p)?;
+            let bytes = std::fs::read(&full)
+                .map_err(|e| err(place, format!("failed to read {}: {e}", full.display())))?;
+            let trimmed = bytes.trim_ascii();
+            if trimmed.is_empty() {
+                return Err(err(place, format!("file {} is empty", full.display())));
+            }
+            Ok(Secret::new(trimmed.to_vec()))
+        };
+
+        // source
+        let s = &raw.source;
+        let location = classify_url(&s.url, &base).ok_or_else(|| {
+            err(
+                "source.url",
+                format!("unsupported repository URL {:?}", s.url),
+            )
+        })?;
+        let git_ref = match &s.git_ref {
+            None => GitRef::Branch("main".into()),
+            Some(r) => match (&r.branch, &r.tag, &r.commit) {
+                (Some(b), None, None) if !b.is_empty() => GitRef::Branch(b.clone()),
+                (None, Some(t), None) if !t.is_empty() => GitRef::Tag(t.clone()),
+                (None, None, Some(c)) if is_commit_id(c) => GitRef::Commit(c.to_ascii_lowercase()),
+                (None, None, Some(c)) => {
+                    return Err(err(
+                        "source.ref.commit",
+                        format!("{c:?} is not a hex commit id"),
+                    ));
+                }
+                _ => {
+                    return Err(err(
+                        "source.ref",
+                        "set exactly one of branch, tag, commit".into(),
+                    ));
+                }
+            },
+        };
+        let path = PathBuf::from(s.path.clone().unwrap_or_default());
+        if path.is_absolute()
+            || path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(err(
+                "source.path",
+                format!(
+                    "{} must be relative and inside the repository",
+                    path.display()
+                ),
+            ));
+        }
+        let poll_interval = parse_duration(s.poll_interval.as_deref().unwrap_or("60s"))
+            .map_err(|m| err("source.pollInterval", m))?;
+        if poll_interval < Duration::from_secs(1) {
+            return Err(err("source.pollInterval", "must be at least 1s".into()));
+        }
+        let poll_jitter = s.poll_jitter.unwrap_or(0.1);
+        if !(0.0..=1.0).contains(&poll_jitter) {
+            return Err(err(
+                "source.pollJitter",
+                format!("{poll_jitter} is not between 0 and 1"),
+            ));
+        }
+        let ssh_key_file = s
+            .ssh_key_file
+            .as_deref()
+            .map(|p| must_exist("source.sshKeyFile", p))
+            .transpose()?;
+        let token = s
+            .token_file
+            .as_deref()
+            .map(|p| read_secret("source.tokenFile", p))
+            .transpose()?;
+        let allowed_signers_file = s
+            .verify
+            .as_ref()
+            .map(|v| must_exist("source.verify.allowedSignersFile", &v.allowed_signers_file))
+            .transpose()?;
+        let source = SourceConfig {
+            location,
+            url: s.url.clone(),
+            git_ref,
+            path,
+            cluster: s
+                .cluster
+                .clone()
+                .unwrap_or_else(|| "clusters/single-node.yaml".into()),
+            overlays: s.overlays.clone(),
+            poll_interval,
+            poll_jitter,
+            ssh_key_file,
+            token,
+            allowed_signers_file,
+        };
+
+        // reconcile
+        let r = &raw.reconcile;
+        let d = ReconcileConfig::default();
+        let dur =
+            |place: &str, v: &Option<String>, default: Duration| -> Result<Duration, InputError> {
+                match v {
+                    None => Ok(default),
+                    Some(s) => parse_duration(s).map_err(|m| err(place, m)),
+                }
+            };
+        let reconcile = ReconcileConfig {
+            prune: r.prune.unwrap_or(d.prune),
+            wait: r.wait.unwrap_or(d.wait),
+            timeout: dur("reconcile.timeout", &r.timeout, d.timeout)?,
+            drift_interval: dur(
+                "reconcile.driftInterval",
+                &r.drift_interval,
+                d.drift_interval,
+            )?,
+            drift_mode: r.drift_mode.unwrap_or_default(),
+            mass_prune_threshold: r.mass_prune_threshold.unwrap_or(d.mass_prune_threshold),
+        };
+        if reconcile.drift_interval < Duration::from_secs(1) {
+            return Err(err("reconcile.driftInterval", "must be at least 1s".into()));
+        }
+
+        // server
+        let listen_text = raw
+            .server
+            .listen
+            .clone()
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            err(
+                "server.listen",
+                format!("{listen_text:?} is not an address:port"),
+            )
+        })?;
+        let webhook_secret = raw
+            .server
+            .webhook_secret_file
+            .as_deref()
+            .map(|p| read_secret("server.webhookSecretFile", p))
+            .transpose()?;
+
+        // leader election
+        let le = &raw.leader_election;
+        let leader_election = if le.enabled {
+            let lease_duration = dur(
+                "leaderElection.leaseDuration",
+                &le.lease_duration,
+                Duration::from_secs(15),
+            )?;
+            if lease_duration < Duration::from_secs(2) {
+                return Err(err(
+                    "leaderElection.leaseDuration",
+                    "must be at least 2s".into(),
+                ));
+            }
+            Some(LeaderConfig {
+                lease_name: le.lease_name.clone().unwrap_or_else(|| "pailot".into()),
+                namespace: le.namespace.clone().unwrap_or_else(|| "kube-system".into()),
+                lease_duration,
+            })
+        } else {
+            None
+        };
+
+        Ok(Config {
+            file: file.to_path_buf(),
+            source,
+            kubeconfig: raw
+                .kubeconfig
+                .as_deref()
+                .map(|p| must_exist("kubeconfig", p))
+                .transpose()?,
+            reconcile,
+            server: ServerConfig {
+                listen,
+                webhook_secret,
+            },
+            state_dir: raw
+                .state_dir
+                .as_deref()
+                .map(resolve)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            leader_election,
+        })
+    }
+
+    /// Settings that a SIGHUP reload cannot change in place (the listener is already bound,
+    /// the state directory holds the checkout); returns the first such field that differs.
+    pub fn restart_only_change(&self, new: &Config) -> Option<&'static str> {
+        if self.server.listen != new.server.listen {
+            Some("server.listen")
+        } else if self.state_dir != new.state_dir {
+            Some("stateDir")
+        } else if self.leader_election != new.leader_election {
+            Some("leaderElection")
+        } else {
+            None
+        }
+    }
+}
+
+/// Classify a repository URL; `None` when the scheme is not supported.
+fn classify_url(url: &str, base: &Path) -> Option<RepoLocation> {
+    if let Some(rest) = url.strip_prefix("file://") {
+        return Some(RepoLocation::Local(PathBuf::from(rest)));
+    }
+    if url.starts_with("https://") || url.starts_with("http://") || url.starts_with("ssh://") {
+        return Some(RepoLocation::Remote(url.to_string()));
+    }
+    if url.contains("://") {
+        return None;
+    }
+    // scp-like `git@host:path` (a colon before any slash).
+    if let Some(colon) = url.find(':') {
+        if url[..colon].contains('@') && !url[..colon].contains('/') {
+            return Some(RepoLocation::Remote(url.to_string()));
+        }
+    }
+    if url.is_empty() {
+        return None;
+    }
+    let p = Path::new(url);
+    Some(RepoLocation::Local(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }))
+}
+
+fn is_commit_id(s: &str) -> bool {
+    (7..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Parse a duration like `500ms`, `60s`, `10m`, `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!(
+                "{text:?} is not a duration like 500ms, 60s, 10m or 1h"
+            ));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{text:?}: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m, h)")),
+        };
+        total += d;
+    }
+    Ok(total)
+}
+
+fn yaml_error(file: &Path, err: &serde_saphyr::Error) -> InputError {
+    let full = err.to_string();
+    let first = full.lines().next().unwrap_or("").trim().to_string();
+    let mut e = InputError::new(file, format!("invalid daemon config: {first}"));
+    if let Some(loc) = err.location() {
+        if loc.line() > 0 {
+            e = e.at(loc.line() as usize, loc.column().max(1) as usize);
+        }
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, InputError> {
+        Config::parse(text, Path::new("/etc/pailot/pailot.yaml"))
+    }
+
+    const MINIMAL: &str = "apiVersion: pailot.dev/v1\nkind: DaemonConfig\nsource:\n  url: https://git.example/deploy.git\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(
+            c.source.location,
+            RepoLocation::Remote("https://git.example/deploy.git".into())
+        );
+        assert_eq!(c.source.git_ref, GitRef::Branch("main".into()));
+        assert_eq!(c.source.poll_interval, Duration::from_secs(60));
+        assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.reconcile, ReconcileConfig::default());
+        assert!(c.leader_election.is_none());
+    }
+
+    #[test]
+    fn unknown_field_names_the_line() {
+        let e = parse(&format!("{MINIMAL}  polInterval: 30s\n")).unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.message.contains("polInterval"), "{e}");
+    }
+
+    #[test]
+    fn durations_parse_and_bad_ones_name_the_field() {
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("10 minutes").is_err());
+        let e = parse(&format!(
+            "{MINIMAL}reconcile:\n  driftInterval: 5 minutes\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.place.as_deref(), Some("reconcile.driftInterval"), "{e}");
+    }
+
+    #[test]
+    fn two_refs_are_refused() {
+        let e = parse(&format!("{MINIMAL}  ref: {{branch: main, tag: v1}}\n")).unwrap_err();
+        assert_eq!(e.place.as_deref(), Some("source.ref"));
+    }
+
+    #[test]
+    fn url_kinds() {
+        let b = Path::new("/etc/pailot");
+        assert_eq!(
+            classify_url("file:///srv/repo", b),
+            Some(RepoLocation::Local("/srv/repo".into()))
+        );
+        assert_eq!(
+            classify_url("repo", b),
+            Some(RepoLocation::Local("/etc/pailot/repo".into()))
+        );
+        assert_eq!(
+            classify_url("git@host:org/repo.git", b),
+            Some(RepoLocation::Remote("git@host:org/repo.git".into()))
+        );
+        assert_eq!(classify_url("ftp://x/y", b), None);
+    }
+
+    #[test]
+    fn missing_secret_file_is_refused_and_secret_never_printed() {
+        let e = parse(&format!(
+            "{MINIMAL}server:\n  webhookSecretFile: /nonexistent/secret\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.place.as_deref(), Some("server.webhookSecretFile"));
+        let s = Secret::new(b"hunter2".to_vec());
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,296 @@
+//! Drift: label-selected watches on the inventory's kinds that ask for a drift check, and the per-field drift records.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::watcher;
+use tokio::sync::mpsc;
+
+use super::reconcile::{Desired, DriftRecord, Trigger};
+use crate::apply::{Action, ApplyReport, Server};
+use crate::inventory::GroupKind;
+
+/// Field-level drift records from a dry-run apply report (objects that would be configured or re-created).
+pub fn records(report: &ApplyReport, desired: &Desired) -> Vec<DriftRecord> {
+    let mut out = Vec::new();
+    for o in &report.objects {
+        match o.action {
+            Action::Configured => {
+                for c in &o.changes {
+                    if is_bookkeeping(&c.path) {
+                        continue;
+                    }
+                    out.push(DriftRecord {
+                        object: o.object.clone(),
+                        chart: o.chart.clone(),
+                        pointer: c.path.clone(),
+                        desired: c.desired.clone().unwrap_or(serde_json::Value::Null),
+                        live: c.live.clone().unwrap_or(serde_json::Value::Null),
+                        manager: (!c.other_managers.is_empty()).then(|| c.other_managers.join(",")),
+                        provenance: provenance_of(desired, &o.id, &c.path),
+                    });
+                }
+            }
+            Action::Created => out.push(DriftRecord {
+                object: o.object.clone(),
+                chart: o.chart.clone(),
+                pointer: String::new(),
+                desired: serde_json::Value::String("present".into()),
+                live: serde_json::Value::Null,
+                manager: None,
+                provenance: None,
+            }),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Fields the server maintains that a dry-run comparison may show but no one "drifted".
+fn is_bookkeeping(pointer: &str) -> bool {
+    pointer.starts_with("/metadata/managedFields")
+        || pointer.starts_with("/metadata/resourceVersion")
+        || pointer.starts_with("/metadata/generation")
+        || pointer.starts_with("/status")
+}
+
+/// Where the desired value at `pointer` came from: the last step of its provenance chain
+/// (which includes steps on parent pointers), as one line.
+pub fn provenance_of(
+    desired: &Desired,
+    id: &crate::manifest::ObjectId,
+    pointer: &str,
+) -> Option<String> {
+    let obj = &desired.set.objects.get(id)?.object;
+    let chain = desired.set.provenance.chain(id, obj, pointer);
+    let step = chain.last()?;
+    Some(format!("{} {}", step.origin.step_kind(), step.origin))
+}
+
+/// True when the newest write to the object's spec (not its status) came from a manager other than pailot.
+///
+/// Our own applies and controllers' status updates then cost no drift check; a tie in the
+/// (second-granular) timestamps counts as someone else, so a `kubectl scale` right after an apply is seen.
+pub fn changed_by_someone_else(obj: &DynamicObject) -> bool {
+    let Some(fields) = obj.metadata.managed_fields.as_ref() else {
+        return true;
+    };
+    let mut ours = None;
+    let mut theirs = None;
+    // `kubectl scale` writes through the `scale` subresource: only `status` writes are not drift.
+    for f in fields
+        .iter()
+        .filter(|f| f.subresource.as_deref() != Some("status"))
+    {
+        let t = f.time.as_ref().map(|t| t.0);
+        if f.manager.as_deref() == Some(crate::FIELD_MANAGER) {
+            ours = ours.max(t);
+        } else if t.is_none() {
+            // Subresource updates (`kubectl scale`) carry no time: someone else owns fields now.
+            return true;
+        } else {
+            theirs = theirs.max(t);
+        }
+    }
+    match (ours, theirs) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(o), Some(t)) => t >= o,
+    }
+}
+
+/// Group kinds of the desired objects (what to watch).
+pub fn group_kinds(desired: &Desired) -> BTreeSet<GroupKind> {
+    desired
+        .set
+        .objects
+        .keys()
+        .map(|id| GroupKind {
+            group: id.group.clone(),
+            kind: id.kind.clone(),
+        })
+        .collect()
+}
+
+/// Watch every kind in `kinds` (cluster-wide, label-selected by `selector`) and send `Trigger::Drift` on changes.
+///
+/// Caveats: our own applies also change watched objects; the drift check that follows finds
+/// nothing and costs one dry-run. Kinds the server does not serve are skipped.
+/// Events are coalesced: one trigger per `settle` window.
+pub async fn watch(
+    server: Server,
+    kinds: BTreeSet<GroupKind>,
+    selector: String,
+    tx: mpsc::Sender<Trigger>,
+    settle: Duration,
+) {
+    let (ev_tx, mut ev_rx) = mpsc::channel::<()>(64);
+    let mut tasks = Vec::new();
+    for gk in kinds {
+        let Some((ar, _caps)) = server.resolve_group_kind(&gk) else {
+            continue;
+        };
+        let api: Api<DynamicObject> = Api::all_with(server.client.clone(), &ar);
+        let cfg = watcher::Config::default().labels(&selector);
+        let ev_tx = ev_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut initialised = false;
+            let mut stream = watcher(api, cfg).boxed();
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(watcher::Event::InitDone) => initialised = true,
+                    Ok(watcher::Event::Apply(obj)) if initialised => {
+                        let other = changed_by_someone_else(&obj);
+                        tracing::debug!(kind = %gk, name = obj.metadata.name.as_deref().unwrap_or(""), other, "watched object changed");
+                        if other {
+                            let _ = ev_tx.try_send(());
+                        }
+                    }
+                    Ok(watcher::Event::Delete(_)) if initialised => {
+                        let _ = ev_tx.try_send(());
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(kind = %gk, error = %e, "drift watch error (retrying)");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }));
+    }
+    drop(ev_tx);
+    while ev_rx.recv().await.is_some() {
+        tokio::time::sleep(settle).await;
+        while ev_rx.try_recv().is_ok() {}
+        if tx.send(Trigger::Drift).await.is_err() {
+            break;
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::ObjectReport;
+    use crate::apply::diff::FieldChange;
+    use crate::manifest::ObjectId;
+    use crate::provenance::{FieldHistory, Origin};
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    fn web() -> ObjectId {
+        ObjectId {
+            group: "apps".into(),
+            version: "v1".into(),
+            kind: "Deployment".into(),
+            namespace: Some("default".into()),
+            name: "web".into(),
+        }
+    }
+
+    fn with_managers(entries: &[(&str, &str, i64)]) -> DynamicObject {
+        let mf: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|(m, sub, secs)| {
+                let time = k8s_openapi::jiff::Timestamp::from_second(*secs)
+                    .unwrap()
+                    .to_string();
+                json!({"manager": m, "operation": "Update", "subresource": sub, "time": time})
+            })
+            .collect();
+        serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "managedFields": mf}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn own_writes_and_status_updates_do_not_trigger_a_drift_check() {
+        assert!(!changed_by_someone_else(&with_managers(&[(
+            "pailot", "", 100
+        )])));
+        assert!(!changed_by_someone_else(&with_managers(&[
+            ("pailot", "", 100),
+            ("kube-controller-manager", "status", 200)
+        ])));
+        assert!(!changed_by_someone_else(&with_managers(&[
+            ("kubectl", "", 50),
+            ("pailot", "", 100)
+        ])));
+        assert!(changed_by_someone_else(&with_managers(&[
+            ("pailot", "", 100),
+            ("kubectl", "", 100)
+        ])));
+        assert!(changed_by_someone_else(&with_managers(&[
+            ("pailot", "", 100),
+            ("kubectl", "", 150)
+        ])));
+        // Regression: `kubectl scale` goes through the scale subresource.
+        assert!(changed_by_someone_else(&with_managers(&[
+            ("pailot", "", 100),
+            ("kubectl", "scale", 150)
+        ])));
+        // …and its managedFields entry has no time at all.
+        let mut scaled = with_managers(&[("pailot", "", 100), ("kubectl", "scale", 0)]);
+        scaled.metadata.managed_fields.as_mut().unwrap()[1].time = None;
+        assert!(changed_by_someone_else(&scaled));
+    }
+
+    #[test]
+    fn scaled_deployment_gives_a_record_with_manager_and_provenance() {
+        let mut desired = Desired::default();
+        desired.set.objects.insert(
+            web(),
+            crate::manifest::RenderedObject {
+                chart: "web".into(),
+                template: "charts/web/templates/web.yaml".into(),
+                object: json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 1}}),
+            },
+        );
+        desired.set.provenance.objects.insert(
+            web(),
+            FieldHistory::from_origins(BTreeMap::from([(
+                "/spec/replicas".to_string(),
+                Origin::Values {
+                    file: "charts/web/values.yaml".into(),
+                    key: "replicas".into(),
+                    template: "charts/web/templates/web.yaml".into(),
+                    line: Some(7),
+                },
+            )])),
+        );
+        let report = ApplyReport {
+            objects: vec![ObjectReport {
+                object: web().to_string(),
+                id: web(),
+                chart: "web".into(),
+                stage: "charts",
+                action: Action::Configured,
+                reason: None,
+                changes: vec![FieldChange {
+                    path: "/spec/replicas".into(),
+                    live: Some(json!(3)),
+                    desired: Some(json!(1)),
+                    other_managers: vec!["kubectl".into()],
+                }],
+            }],
+            ..Default::default()
+        };
+        let r = records(&report, &desired);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].pointer, "/spec/replicas");
+        assert_eq!(r[0].manager.as_deref(), Some("kubectl"));
+        assert_eq!(
+            r[0].provenance.as_deref(),
+            Some("values charts/web/values.yaml key replicas via charts/web/templates/web.yaml:7")
+        );
+        assert_eq!(
+            (r[0].live.clone(), r[0].desired.clone()),
+            (json!(3), json!(1))
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! Git source: fetches the configured ref into `<stateDir>/source`, verifies it, and checks the revision out.
+//!
+//! libgit2 is blocking; `GitSource::sync` runs it on `spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::verify;
+use crate::daemon::config::{GitRef, RepoLocation, SourceConfig};
+
+/// Why a sync failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The remote could not be reached or refused the fetch (retried with backoff).
+    #[error("failed to fetch {url}: {source}")]
+    Fetch {
+        url: String,
+        #[source]
+        source: git2::Error,
+    },
+    /// The configured branch, tag or commit does not exist (waits for a change).
+    #[error("{git_ref} not found in {url}")]
+    RefNotFound { url: String, git_ref: String },
+    /// The commit was refused by signature verification (waits for a change).
+    #[error(transparent)]
+    Verify(#[from] verify::Error),
+    /// The local mirror or checkout could not be written.
+    #[error("failed to write checkout under {dir}: {detail}")]
+    Checkout { dir: PathBuf, detail: String },
+}
+
+impl Error {
+    /// True when retrying later may succeed without a new commit.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Fetch { .. } | Error::Checkout { .. })
+    }
+}
+
+/// One checked-out commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Revision {
+    /// Full commit id.
+    pub commit: String,
+    /// Directory holding the commit's tree.
+    pub checkout: PathBuf,
+    /// The deployment repository root inside `checkout` (`checkout/<source.path>`).
+    pub root: PathBuf,
+    /// First line of the commit message.
+    pub summary: String,
+    /// Principal that signed the commit, when verification is on.
+    pub signer: Option<String>,
+}
+
+/// The git source of one daemon.
+#[derive(Clone)]
+pub struct GitSource {
+    cfg: Arc<SourceConfig>,
+    /// `<stateDir>/source`: the bare mirror (`mirror.git`) and per-commit checkouts (`checkouts/<id>`).
+    dir: PathBuf,
+}
+
+/// How many per-commit checkouts to keep (the newest; the one being applied is always among them).
+const KEEP_CHECKOUTS: usize = 3;
+
+impl GitSource {
+    pub fn new(cfg: SourceConfig, state_dir: &Path) -> Self {
+        GitSource {
+            cfg: Arc::new(cfg),
+            dir: state_dir.join("source"),
+        }
+    }
+
+    /// The source settings in use.
+    pub fn config(&self) -> &SourceConfig {
+        &self.cfg
+    }
+
+    /// Fetch, resolve, verify and check out (on a blocking thread).
+    pub async fn sync(&self) -> Result<Revision, Error> {
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.sync_blocking()).await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Checkout {
+                dir: self.dir.clone(),
+                detail: format!("sync task failed: {e}"),
+            }),
+        }
+    }
+
+    /// Fetch, resolve, verify and check out, blocking the calling thread.
+    pub fn sync_blocking(&self) -> Result<Revision, Error> {
+        let mirror = self.open_mirror()?;
+        self.fetch(&mirror)?;
+        let oid = self.resolve(&mirror)?;
+        let signer = match &self.cfg.allowed_signers_file {
+            Some(file) => Some(verify::verify_commit(&mirror, oid, file)?),
+            None => None,
+        };
+        let commit = mirror
+            .find_commit(oid)
+            .map_err(|e| self.checkout_err(e.message()))?;
+        let summary = String::from_utf8_lossy(commit.summary_bytes().unwrap_or(b"")).into_owned();
+        let checkout = self.checkout(&mirror, &commit)?;
+        Ok(Revision {
+            commit: oid.to_string(),
+            root: checkout.join(&self.cfg.path),
+            checkout,
+            summary,
+            signer,
+        })
+    }
+
+    fn checkout_err(&self, detail: impl Into<String>) -> Error {
+        Error::Checkout {
+            dir: self.dir.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    fn fetch_url(&self) -> String {
+        match &self.cfg.location {
+            RepoLocation::Local(p) => p.display().to_string(),
+            RepoLocation::Remote(u) => u.clone(),
+        }
+    }
+
+    fn open_mirror(&self) -> Result<git2::Repository, Error> {
+        let path = self.dir.join("mirror.git");
+        let repo = match git2::Repository::open_bare(&path) {
+            Ok(r) => r,
+            Err(_) => {
+                std::fs::create_dir_all(&self.dir).map_err(|e| self.checkout_err(e.to_string()))?;
+                git2::Repository::init_bare(&path).map_err(|e| self.checkout_err(e.message()))?
+            }
+        };
+        Ok(repo)
+    }
+
+    fn fetch(&self, repo: &git2::Repository) -> Result<(), Error> {
+        let url = self.fetch_url();
+        let refspecs: Vec<String> = match &self.cfg.git_ref {
+            GitRef::Branch(b) => vec![format!("+refs/heads/{b}:refs/remotes/origin/{b}")],
+            GitRef::Tag(t) => vec![format!("+refs/tags/{t}:refs/tags/{t}")],
+            GitRef::Commit(_) => vec![
+                "+refs/heads/*:refs/remotes/origin/*".into(),
+                "+refs/tags/*:refs/tags/*".into(),
+            ],
+        };
+        let mut remote = repo.remote_anonymous(&url).map_err(|source| Error::Fetch {
+            url: url.clone(),
+            source,
+        })?;
+        let mut callbacks = git2::RemoteCallbacks::new();
+        let ssh_key = self.cfg.ssh_key_file.clone();
+        let token = self.cfg.token.clone();
+        let mut tries = 0;
+        callbacks.credentials(move |_url, username, allowed| {
+            tries += 1;
+            if tries > 3 {
+                return Err(git2::Error::from_str("credentials rejected"));
+            }
+            if allowed.contains(git2::CredentialType::SSH_KEY) {
+                if let Some(key) = &ssh_key {
+                    return git2::Cred::ssh_key(username.unwrap_or("git"), None, key, None);
+                }
+            }
+            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
+                if let Some(t) = &token {
+                    let t = std::str::from_utf8(t.expose())
+                        .map_err(|_| git2::Error::from_str("token is not UTF-8"))?;
+                    return git2::Cred::userpass_plaintext(username.unwrap_or("x-access-token"), t);
+                }
+            }
+            git2::Cred::default()
+        });
+        let mut opts = git2::FetchOptions::new();
+        opts.remote_callbacks(callbacks);
+        opts.download_tags(git2::AutotagOption::None);
+        remote
+            .fetch(&refspecs, Some(&mut opts), None)
+            .map_err(|source| {
+                // A missing ref on the remote is not a transport failure.
+                if source.code() == git2::ErrorCode::NotFound
+                    && source.class() == git2::ErrorClass::Reference
+                {
+                    Error::RefNotFound {
+                        url: url.clone(),
+                        git_ref: self.cfg.git_ref.to_string(),
+                    }
+                } else {
+                    Error::Fetch {
+                        url: url.clone(),
+                        source,
+                    }
+                }
+            })
+    }
+
+    fn resolve(&self, repo: &git2::Repository) -> Result<git2::Oid, Error> {
+        let not_found = || Error::RefNotFound {
+            url: self.cfg.url.clone(),
+            git_ref: self.cfg.git_ref.to_string(),
+        };
+        let name = match &self.cfg.git_ref {
+            GitRef::Branch(b) => format!("refs/remotes/origin/{b}"),
+            GitRef::Tag(t) => format!("refs/tags/{t}"),
+            GitRef::Commit(c) => {
+                let obj = repo.revparse_single(c).map_err(|_| not_found())?;
+                return obj
+                    .peel_to_commit()
+                    .map(|c| c.id())
+                    .map_err(|_| not_found());
+            }
+        };
+        let reference = repo.find_reference(&name).map_err(|_| not_found())?;
+        reference
+            .peel_to_commit()
+            .map(|c| c.id())
+            .map_err(|_| not_found())
+    }
+
+    /// Write the commit's tree to `checkouts/<id>` (atomically: a temp dir renamed into place).
+    fn checkout(
+        &self,
+        repo: &git2::Repository,
+        commit: &git2::Commit<'_>,
+    ) -> Result<PathBuf, Error> {
+        let root = self.dir.join("checkouts");
+        let dest = root.join(commit.id().to_string());
+        if dest.is_dir() {
+            return Ok(dest);
+        }
+        std::fs::create_dir_all(&root).map_err(|e| self.checkout_err(e.to_string()))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempdir_in(&root)
+            .map_err(|e| self.checkout_err(e.to_string()))?;
+        let tree = commit.tree().map_err(|e| self.checkout_err(e.message()))?;
+        let mut cb = git2::build::CheckoutBuilder::new();
+        cb.target_dir(tmp.path()).force().recreate_missing(true);
+        repo.checkout_tree(tree.as_object(), Some(&mut cb))
+            .map_err(|e| self.checkout_err(e.message()))?;
+        let tmp_path = tmp.keep();
+        std::fs::rename(&tmp_path, &dest).map_err(|e| self.checkout_err(e.to_string()))?;
+        self.prune_checkouts(&root, &dest);
+        Ok(dest)
+    }
+
+    /// Remove all but the newest `KEEP_CHECKOUTS` checkouts (never `current`).
+    fn prune_checkouts(&self, root: &Path, current: &Path) {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            return;
+        };
+        let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path() != current)
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        dirs.sort();
+        let excess = (dirs.len() + 1).saturating_sub(KEEP_CHECKOUTS);
+        for (_, p) in dirs.into_iter().take(excess) {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+
+    /// For local repositories: the git directory whose refs the watcher follows.
+    pub fn local_git_dir(&self) -> Option<PathBuf> {
+        match &self.cfg.location {
+            RepoLocation::Local(p) => git2::Repository::open(p)
+                .ok()
+                .map(|r| r.path().to_path_buf()),
+            RepoLocation::Remote(_) => None,
+        }
+    }
+}
