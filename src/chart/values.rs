@@ -46,13 +46,20 @@ impl MergedValues {
 
 /// Escape one JSON pointer segment (RFC 6901).
 pub fn escape_segment(s: &str) -> String {
-    if s.contains('~') || s.contains('/') { s.replace('~', "~0").replace('/', "~1") } else { s.to_string() }
+    if s.contains('~') || s.contains('/') {
+        s.replace('~', "~0").replace('/', "~1")
+    } else {
+        s.to_string()
+    }
 }
 
 /// Merge `layers` in order: maps merge recursively, lists and scalars replace, and a `null`
 /// in any layer after the first deletes the key (the first layer's nulls are kept as defaults).
 pub fn merge_values(layers: &[ValueLayer]) -> MergedValues {
-    let mut merged = MergedValues { values: Value::Object(Map::new()), origin: BTreeMap::new() };
+    let mut merged = MergedValues {
+        values: Value::Object(Map::new()),
+        origin: BTreeMap::new(),
+    };
     for (i, layer) in layers.iter().enumerate() {
         if i == 0 {
             merged.values = match &layer.values {
@@ -64,7 +71,13 @@ pub fn merge_values(layers: &[ValueLayer]) -> MergedValues {
             continue;
         }
         let mut ptr = String::new();
-        merge_into(&mut merged.values, &layer.values, &mut ptr, &layer.file, &mut merged.origin);
+        merge_into(
+            &mut merged.values,
+            &layer.values,
+            &mut ptr,
+            &layer.file,
+            &mut merged.origin,
+        );
     }
     merged
 }
@@ -107,7 +120,13 @@ fn remove_origin_under(ptr: &str, origin: &mut BTreeMap<String, String>) {
     origin.remove(ptr);
 }
 
-fn merge_into(base: &mut Value, layer: &Value, ptr: &mut String, file: &str, origin: &mut BTreeMap<String, String>) {
+fn merge_into(
+    base: &mut Value,
+    layer: &Value,
+    ptr: &mut String,
+    file: &str,
+    origin: &mut BTreeMap<String, String>,
+) {
     match (base, layer) {
         (Value::Object(bm), Value::Object(lm)) => {
             origin.insert(ptr.clone(), file.to_string());
@@ -120,7 +139,9 @@ fn merge_into(base: &mut Value, layer: &Value, ptr: &mut String, file: &str, ori
                     remove_origin_under(ptr, origin);
                 } else {
                     match bm.get_mut(k) {
-                        Some(bv) if bv.is_object() && lv.is_object() => merge_into(bv, lv, ptr, file, origin),
+                        Some(bv) if bv.is_object() && lv.is_object() => {
+                            merge_into(bv, lv, ptr, file, origin)
+                        }
                         _ => {
                             remove_origin_under(ptr, origin);
                             let clean = strip_nulls(lv);
@@ -147,9 +168,12 @@ fn merge_into(base: &mut Value, layer: &Value, ptr: &mut String, file: &str, ori
 /// A value from a later layer, with null map entries dropped (they delete nothing that exists).
 fn strip_nulls(v: &Value) -> Value {
     match v {
-        Value::Object(m) => {
-            Value::Object(m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), strip_nulls(v))).collect())
-        }
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), strip_nulls(v)))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
@@ -159,10 +183,14 @@ fn strip_nulls(v: &Value) -> Value {
 /// The error names the chart (object), the JSON pointer in the values, and the layer file
 /// that set the offending key.
 pub fn validate_values(chart: &Chart, merged: &MergedValues) -> Result<(), InputError> {
-    let Some(schema) = &chart.schema else { return Ok(()) };
+    let Some(schema) = &chart.schema else {
+        return Ok(());
+    };
     let schema_file = format!("{}/values.schema.json", chart.rel_dir);
-    let validator = jsonschema::validator_for(schema)
-        .map_err(|e| InputError::new(&schema_file, format!("invalid JSON Schema: {e}")).object(format!("chart {}", chart.meta.name)))?;
+    let validator = jsonschema::validator_for(schema).map_err(|e| {
+        InputError::new(&schema_file, format!("invalid JSON Schema: {e}"))
+            .object(format!("chart {}", chart.meta.name))
+    })?;
     let mut errors: Vec<(String, String)> = validator
         .iter_errors(&merged.values)
         .map(|e| (e.instance_path().as_str().to_string(), e.to_string()))
@@ -172,12 +200,66 @@ pub fn validate_values(chart: &Chart, merged: &MergedValues) -> Result<(), Input
     }
     errors.sort();
     let (pointer, message) = errors.swap_remove(0);
-    let layer = merged.origin_of(&pointer).unwrap_or(&schema_file).to_string();
-    let more = if errors.is_empty() { String::new() } else { format!(" (and {} more)", errors.len()) };
-    Err(InputError::new(layer, format!("values do not match {schema_file}: {message}{more}"))
-        .place(format!("values of chart {}", chart.meta.name))
-        .pointer(if pointer.is_empty() { "/".to_string() } else { pointer })
+    let layer = merged
+        .origin_of(&pointer)
+        .unwrap_or(&schema_file)
+        .to_string();
+    let more = if errors.is_empty() {
+        String::new()
+    } else {
+        format!(" (and {} more)", errors.len())
+    };
+    let mut err = InputError::new(
+        layer.clone(),
+        format!("values do not match {schema_file}: {message}{more}"),
+    );
+    if let Some(line) = line_in_layer(chart, &layer, &pointer) {
+        err = err.at(line, 1);
+    }
+    Err(err
+        .pointer(if pointer.is_empty() {
+            "/".to_string()
+        } else {
+            pointer
+        })
         .object(format!("chart {}", chart.meta.name)))
+}
+
+/// Best-effort line of `pointer` in the layer file `layer` (repo-relative): each key of the
+/// pointer is looked for as `key:` at or after the previous key's line.
+fn line_in_layer(chart: &Chart, layer: &str, pointer: &str) -> Option<usize> {
+    let depth = chart.rel_dir.split('/').filter(|s| !s.is_empty()).count();
+    let mut root = chart.dir.clone();
+    for _ in 0..depth {
+        root = root.parent()?.to_path_buf();
+    }
+    let text = std::fs::read_to_string(root.join(layer)).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let mut cursor = 0;
+    let mut found = None;
+    for seg in pointer.split('/').skip(1) {
+        if seg.parse::<usize>().is_ok() {
+            continue;
+        }
+        let key = seg.replace("~1", "/").replace("~0", "~");
+        let hit = (cursor..lines.len()).find(|&i| {
+            let t = lines[i].trim_start().trim_start_matches("- ");
+            [
+                format!("{key}:"),
+                format!("\"{key}\":"),
+                format!("'{key}':"),
+            ]
+            .iter()
+            .any(|k| {
+                t.starts_with(k.as_str())
+                    || t.contains(&format!("{{{k}"))
+                    || t.contains(&format!(", {k}"))
+            })
+        })?;
+        cursor = hit;
+        found = Some(hit + 1);
+    }
+    found
 }
 
 #[cfg(test)]
@@ -186,22 +268,38 @@ mod tests {
     use serde_json::json;
 
     fn layer(file: &str, v: Value) -> ValueLayer {
-        ValueLayer { file: file.into(), key_prefix: String::new(), values: v }
+        ValueLayer {
+            file: file.into(),
+            key_prefix: String::new(),
+            values: v,
+        }
     }
 
     #[test]
     fn maps_merge_lists_and_scalars_replace_null_deletes() {
         let m = merge_values(&[
-            layer("charts/a/values.yaml", json!({"a": {"x": 1, "y": [1, 2], "z": "keep"}, "gone": 3, "nul": null})),
-            layer("overlays/o/overlay.yaml", json!({"a": {"x": 2, "y": [9]}, "gone": null, "new": {"n": null, "m": 1}})),
+            layer(
+                "charts/a/values.yaml",
+                json!({"a": {"x": 1, "y": [1, 2], "z": "keep"}, "gone": 3, "nul": null}),
+            ),
+            layer(
+                "overlays/o/overlay.yaml",
+                json!({"a": {"x": 2, "y": [9]}, "gone": null, "new": {"n": null, "m": 1}}),
+            ),
         ]);
-        assert_eq!(m.values, json!({"a": {"x": 2, "y": [9], "z": "keep"}, "nul": null, "new": {"m": 1}}));
+        assert_eq!(
+            m.values,
+            json!({"a": {"x": 2, "y": [9], "z": "keep"}, "nul": null, "new": {"m": 1}})
+        );
         assert_eq!(m.origin["/a/x"], "overlays/o/overlay.yaml");
         assert_eq!(m.origin["/a/z"], "charts/a/values.yaml");
         assert_eq!(m.origin["/a/y/0"], "overlays/o/overlay.yaml");
         assert!(!m.origin.contains_key("/a/y/1"));
         assert!(!m.origin.contains_key("/gone"));
-        assert_eq!(m.origin_of("/a/y/0/deeper"), Some("overlays/o/overlay.yaml"));
+        assert_eq!(
+            m.origin_of("/a/y/0/deeper"),
+            Some("overlays/o/overlay.yaml")
+        );
     }
 
     #[test]

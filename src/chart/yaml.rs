@@ -4,12 +4,21 @@ use serde_json::Value;
 
 use crate::diag::InputError;
 
+/// Parser options: kubectl's octal reading, and limits sized for rendered streams (a template
+/// may emit thousands of documents) while keeping serde-saphyr's alias-bomb protection.
+pub fn options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = 1_000_000;
+    budget.max_nodes = 50_000_000;
+    budget.max_events = 200_000_000;
+    serde_saphyr::options! { legacy_octal_numbers: true, budget: Some(budget) }
+}
+
 /// Parse a YAML stream into its non-empty documents (kubectl's YAML 1.1 reading: `0644` is octal).
 ///
 /// The error names `file` and the line/column serde-saphyr reports.
 pub fn parse_yaml_documents(text: &str, file: &str) -> Result<Vec<Value>, InputError> {
-    let options = serde_saphyr::options! { legacy_octal_numbers: true };
-    match serde_saphyr::from_multiple_with_options::<Value>(text, options) {
+    match serde_saphyr::from_multiple_with_options::<Value>(text, options()) {
         Ok(docs) => Ok(docs.into_iter().filter(|d| !d.is_null()).collect()),
         Err(err) => Err(yaml_error(file, &err)),
     }
@@ -21,22 +30,36 @@ pub fn parse_yaml_document(text: &str, file: &str) -> Result<Value, InputError> 
     match docs.len() {
         0 => Ok(Value::Null),
         1 => Ok(docs.remove(0)),
-        n => Err(InputError::new(file, format!("expected one YAML document, found {n}"))),
+        n => Err(InputError::new(
+            file,
+            format!("expected one YAML document, found {n}"),
+        )),
     }
 }
 
 /// An `InputError` for a serde-saphyr error, with its position when known.
 pub fn yaml_error(file: &str, err: &serde_saphyr::Error) -> InputError {
-    let mut message = err.to_string();
-    // serde-saphyr renders a multi-line snippet; the first line is the fact.
-    if let Some(first) = message.lines().next() {
-        message = first.trim().to_string();
+    let rendered = err.to_string();
+    // serde-saphyr renders a multi-line snippet; the first line is the fact, after its
+    // own `error: line N column M:` prefix (the position goes into the InputError instead).
+    let mut message = rendered.lines().next().unwrap_or("").trim();
+    message = message
+        .strip_prefix("error:")
+        .unwrap_or(message)
+        .trim_start();
+    if let Some(rest) = message.strip_prefix("line ")
+        && let Some(i) = rest.find(": ")
+        && rest[..i]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == ' ')
+    {
+        message = &rest[i + 2..];
     }
-    let mut e = InputError::new(file, format!("invalid YAML: {message}"));
-    if let Some(loc) = err.location() {
-        if loc.line() > 0 {
-            e = e.at(loc.line() as usize, loc.column().max(1) as usize);
-        }
+    let mut e = InputError::new(file, message.to_string());
+    if let Some(loc) = err.location()
+        && loc.line() > 0
+    {
+        e = e.at(loc.line() as usize, loc.column().max(1) as usize);
     }
     e
 }
@@ -58,8 +81,12 @@ mod tests {
 
     #[test]
     fn octal_and_booleans_read_like_kubectl() {
-        let docs = parse_yaml_documents("mode: 0644\nflag: yes\n---\n---\nb: 1\n", "x.yaml").unwrap();
-        assert_eq!(docs, vec![json!({"mode": 420, "flag": true}), json!({"b": 1})]);
+        let docs =
+            parse_yaml_documents("mode: 0644\nflag: yes\n---\n---\nb: 1\n", "x.yaml").unwrap();
+        assert_eq!(
+            docs,
+            vec![json!({"mode": 420, "flag": true}), json!({"b": 1})]
+        );
     }
 
     #[test]
@@ -70,9 +97,30 @@ mod tests {
     }
 
     #[test]
+    fn thousands_of_documents_parse() {
+        let text: String = (0..3000)
+            .map(|i| format!("---\nkind: ConfigMap\nname: c{i}\n"))
+            .collect();
+        assert_eq!(parse_yaml_documents(&text, "big.yaml").unwrap().len(), 3000);
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let p = i - 1;
+            text.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+        }
+        assert!(parse_yaml_documents(&text, "bomb.yaml").is_err());
+    }
+
+    #[test]
     fn emitter_quotes_yaml11_booleans() {
         let s = to_yaml_string(&json!({"a": "yes", "b": "on", "c": "0644", "d": 3}));
         let back = parse_yaml_documents(&s, "round.yaml").unwrap();
-        assert_eq!(back, vec![json!({"a": "yes", "b": "on", "c": "0644", "d": 3})]);
+        assert_eq!(
+            back,
+            vec![json!({"a": "yes", "b": "on", "c": "0644", "d": 3})]
+        );
     }
 }

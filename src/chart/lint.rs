@@ -1,0 +1,93 @@
+//! Checking one chart: metadata, values against the schema, templates render against a sample cluster.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use super::{RenderContext, load, render_chart, validate_values};
+use crate::cluster::{Capacity, Cluster, KubernetesSettings, Machine, Registry, Role};
+use crate::diag::InputError;
+
+/// The one-machine cluster charts are linted against.
+pub fn sample_cluster() -> Cluster {
+    Cluster {
+        api_version: "pailot.dev/v1".into(),
+        kind: "Cluster".into(),
+        name: "lint".into(),
+        overlays: vec![],
+        namespace: "default".into(),
+        data_path: "/datastorage".into(),
+        registry: Registry::default(),
+        mirrors: Default::default(),
+        kubernetes: KubernetesSettings::default(),
+        machines: vec![Machine {
+            name: "pai-node-1".into(),
+            hostname: None,
+            address: "10.0.0.11".into(),
+            roles: vec![
+                Role::K8sMaster,
+                Role::PaiMaster,
+                Role::PaiWorker,
+                Role::Dashboard,
+            ],
+            capacity: Capacity {
+                memory: "32Gi".into(),
+                cpu: "8".into(),
+                gpu: 0,
+            },
+            labels: Default::default(),
+            zkid: None,
+            no_drivers: true,
+            gpu_type: None,
+            ssh: None,
+        }],
+        values: Default::default(),
+    }
+}
+
+/// Lint the chart in `dir` (whose repository root is `root`). `Err` means unreadable input
+/// (no `Chart.yaml`); `Ok(problems)` lists what is wrong (empty when the chart is fine).
+pub fn lint_chart(root: &Path, dir: &Path) -> Result<Vec<InputError>, InputError> {
+    let chart_yaml = dir.join("Chart.yaml");
+    if !chart_yaml.is_file() {
+        return Err(InputError::new(
+            super::rel_path(root, &chart_yaml),
+            "no Chart.yaml: not a chart directory",
+        ));
+    }
+    std::fs::read_to_string(&chart_yaml).map_err(|e| {
+        InputError::new(
+            super::rel_path(root, &chart_yaml),
+            format!("cannot read file: {e}"),
+        )
+    })?;
+    let chart = match load::load_chart(root, dir) {
+        Ok(c) => c,
+        Err(e) => return Ok(vec![e]),
+    };
+    let mut problems = Vec::new();
+    let merged = super::merge_values(&[chart.default_layer()]);
+    if let Err(e) = validate_values(&chart, &merged) {
+        problems.push(e);
+    }
+    let cluster = sample_cluster();
+    let ctx = RenderContext {
+        cluster: cluster.template_context(),
+        release: json!({"name": cluster.name, "namespace": cluster.namespace, "revision": "local"}),
+    };
+    match render_chart(&chart, &merged, &ctx) {
+        Ok(docs) => {
+            if docs.is_empty()
+                && chart.rendered_templates().next().is_some()
+                && !chart.meta.bootstrap
+            {
+                problems.push(InputError::new(
+                    &chart.rel_dir,
+                    "templates render no objects against the sample cluster",
+                ));
+            }
+        }
+        Err(e) => problems.push(e),
+    }
+    Ok(problems)
+}

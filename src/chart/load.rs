@@ -1,0 +1,421 @@
+//! Loading a chart directory from disk: metadata, values, schema, templates (compiled), files index.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{CHART_API_VERSION, Chart, ChartMeta, TemplateFile, rel_path};
+use crate::diag::InputError;
+
+/// Template file name endings rendered on their own.
+const RENDERED_EXTENSIONS: [&str; 4] = [".yaml", ".yml", ".yaml.j2", ".yaml.template"];
+
+/// Load every `charts/<name>/Chart.yaml` under `repo_root`, by name.
+pub fn load_charts(repo_root: &Path) -> Result<BTreeMap<String, Chart>, InputError> {
+    let charts_dir = repo_root.join("charts");
+    let mut out = BTreeMap::new();
+    let entries = match std::fs::read_dir(&charts_dir) {
+        Ok(e) => e,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(err) => {
+            return Err(InputError::new(
+                "charts",
+                format!("cannot read directory: {err}"),
+            ));
+        }
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.join("Chart.yaml").is_file())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let chart = load_chart(repo_root, &dir)?;
+        out.insert(chart.meta.name.clone(), chart);
+    }
+    Ok(out)
+}
+
+fn read_text(path: &Path, rel: &str) -> Result<String, InputError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| InputError::new(rel, format!("cannot read file: {e}")))
+}
+
+fn is_semver(v: &str) -> bool {
+    let core = v.split(['-', '+']).next().unwrap_or("");
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Read and check `Chart.yaml` in `dir` (apiVersion, semver version, name equal to the directory name).
+pub fn load_meta(repo_root: &Path, dir: &Path) -> Result<ChartMeta, InputError> {
+    let path = dir.join("Chart.yaml");
+    let rel = rel_path(repo_root, &path);
+    let text = read_text(&path, &rel)?;
+    let meta: ChartMeta = serde_saphyr::from_str_with_options(&text, super::yaml::options())
+        .map_err(|e| super::yaml::yaml_error(&rel, &e))?;
+    let line_of = |key: &str| {
+        text.lines()
+            .position(|l| l.starts_with(&format!("{key}:")))
+            .map(|i| i + 1)
+            .unwrap_or(1)
+    };
+    if meta.api_version != CHART_API_VERSION {
+        return Err(InputError::new(
+            &rel,
+            format!(
+                "apiVersion must be {CHART_API_VERSION}, found {:?}",
+                meta.api_version
+            ),
+        )
+        .at(line_of("apiVersion"), 1)
+        .pointer("/apiVersion"));
+    }
+    let dir_name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !dir_name.is_empty() && meta.name != dir_name {
+        return Err(InputError::new(
+            &rel,
+            format!(
+                "name {:?} must equal the chart directory name {dir_name:?}",
+                meta.name
+            ),
+        )
+        .at(line_of("name"), 1)
+        .pointer("/name"));
+    }
+    if !is_semver(&meta.version) {
+        return Err(InputError::new(
+            &rel,
+            format!(
+                "version {:?} is not a semantic version (MAJOR.MINOR.PATCH)",
+                meta.version
+            ),
+        )
+        .at(line_of("version"), 1)
+        .pointer("/version"));
+    }
+    Ok(meta)
+}
+
+/// Load the chart in `dir` (templates are compiled; syntax errors name the template and line).
+pub fn load_chart(repo_root: &Path, dir: &Path) -> Result<Chart, InputError> {
+    let rel_dir = rel_path(repo_root, dir);
+    let meta = load_meta(repo_root, dir)?;
+
+    let values_path = dir.join("values.yaml");
+    let values = if values_path.is_file() {
+        let rel = rel_path(repo_root, &values_path);
+        let v = super::yaml::parse_yaml_document(&read_text(&values_path, &rel)?, &rel)?;
+        match v {
+            Value::Null => Value::Object(Default::default()),
+            Value::Object(_) => v,
+            _ => return Err(InputError::new(rel, "values.yaml must be a mapping")),
+        }
+    } else {
+        Value::Object(Default::default())
+    };
+
+    let schema_path = dir.join("values.schema.json");
+    let schema = if schema_path.is_file() {
+        let rel = rel_path(repo_root, &schema_path);
+        let text = read_text(&schema_path, &rel)?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| {
+            InputError::new(&rel, format!("invalid JSON: {e}")).at(e.line(), e.column())
+        })?;
+        if let Err(e) = jsonschema::validator_for(&v) {
+            return Err(InputError::new(&rel, format!("invalid JSON Schema: {e}")));
+        }
+        Some(v)
+    } else {
+        None
+    };
+
+    let mut env = super::filters::new_environment();
+    let mut templates = Vec::new();
+    let tdir = dir.join("templates");
+    let mut names = Vec::new();
+    if tdir.is_dir() {
+        walk_files(&tdir, &tdir, &mut names, false).map_err(|e| {
+            InputError::new(
+                rel_path(repo_root, &tdir),
+                format!("cannot read directory: {e}"),
+            )
+        })?;
+    }
+    names.sort();
+    for name in names {
+        let full = tdir.join(&name);
+        let path = rel_path(repo_root, &full);
+        let source = read_text(&full, &path)?;
+        let base = name.rsplit('/').next().unwrap_or(&name);
+        let rendered = !name.contains('/')
+            && !base.starts_with('_')
+            && RENDERED_EXTENSIONS.iter().any(|e| base.ends_with(e));
+        let index = TemplateIndex::build(&source);
+        env.add_template_owned(name.clone(), source)
+            .map_err(|e| super::render::template_error(&rel_dir, &e, None))?;
+        templates.push(TemplateFile {
+            name,
+            path,
+            rendered,
+            key_lines: index.key_lines,
+            line_refs: index.line_refs,
+            separators: index.separators,
+            kind_lines: index.kind_lines,
+        });
+    }
+
+    let mut files = Vec::new();
+    let fdir = dir.join("files");
+    if fdir.is_dir() {
+        walk_files(&fdir, &fdir, &mut files, true).map_err(|e| {
+            InputError::new(
+                rel_path(repo_root, &fdir),
+                format!("cannot read directory: {e}"),
+            )
+        })?;
+    }
+    files.sort();
+
+    Ok(Chart {
+        dir: dir.to_path_buf(),
+        rel_dir,
+        meta,
+        values,
+        schema,
+        templates,
+        files,
+        env: Arc::new(env),
+    })
+}
+
+/// Collect regular files under `dir` as `/`-separated paths relative to `root`.
+/// Symlinks are followed only when `follow_links` (files.get re-checks they stay inside).
+fn walk_files(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<String>,
+    follow_links: bool,
+) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.filter_map(|e| e.ok()).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let p = e.path();
+        let ft = e.file_type()?;
+        if ft.is_symlink() && !follow_links {
+            continue;
+        }
+        if ft.is_dir() {
+            walk_files(root, &p, out, follow_links)?;
+        } else if ft.is_file() || (ft.is_symlink() && p.is_file()) {
+            out.push(rel_path(root, &p));
+        }
+    }
+    Ok(())
+}
+
+/// Cheap per-template line index for provenance.
+struct TemplateIndex {
+    key_lines: HashMap<String, Vec<usize>>,
+    line_refs: Vec<Vec<String>>,
+    separators: Vec<usize>,
+    kind_lines: Vec<(usize, String)>,
+}
+
+impl TemplateIndex {
+    fn build(source: &str) -> Self {
+        let mut key_lines: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut line_refs = vec![Vec::new()];
+        let mut separators = Vec::new();
+        let mut kind_lines = Vec::new();
+        for (i, line) in source.lines().enumerate() {
+            let n = i + 1;
+            let t = line.trim_start();
+            if t.starts_with("---") {
+                separators.push(n);
+            }
+            let t = t.trim_start_matches("- ").trim_start();
+            if let Some(key) = yaml_key(t) {
+                if key == "kind" {
+                    kind_lines.push((n, line.to_string()));
+                }
+                key_lines.entry(key.to_string()).or_default().push(n);
+            }
+            line_refs.push(references(line));
+        }
+        TemplateIndex {
+            key_lines,
+            line_refs,
+            separators,
+            kind_lines,
+        }
+    }
+}
+
+/// The YAML key a line starts with (`key:` / `"key":`), if any.
+fn yaml_key(t: &str) -> Option<&str> {
+    let (key, rest) = if let Some(stripped) = t.strip_prefix('"') {
+        let end = stripped.find('"')?;
+        (&stripped[..end], &stripped[end + 1..])
+    } else if let Some(stripped) = t.strip_prefix('\'') {
+        let end = stripped.find('\'')?;
+        (&stripped[..end], &stripped[end + 1..])
+    } else {
+        let end = t.find(':')?;
+        (&t[..end], &t[end..])
+    };
+    if key.is_empty() || key.contains(['{', '}', ' ', '#']) || !rest.starts_with(':') {
+        return None;
+    }
+    let after = &rest[1..];
+    if !(after.is_empty() || after.starts_with(' ') || after.starts_with('\t')) {
+        return None;
+    }
+    Some(key)
+}
+
+/// Dotted references (`values.a.b`, `cluster_cfg.x.y` from `cluster_cfg["x"]["y"]`) inside the
+/// `{{ }}` and `{% %}` blocks of one line.
+pub(crate) fn references(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while let Some(start) = rest.find(['{']) {
+        let after = &rest[start + 1..];
+        let close = match after.chars().next() {
+            Some('{') => "}}",
+            Some('%') => "%}",
+            _ => {
+                rest = after;
+                continue;
+            }
+        };
+        let body_start = &after[1..];
+        let end = body_start.find(close).unwrap_or(body_start.len());
+        scan_refs(&body_start[..end], &mut out);
+        rest = &body_start[end..];
+        if rest.is_empty() {
+            break;
+        }
+    }
+    out
+}
+
+fn scan_refs(expr: &str, out: &mut Vec<String>) {
+    let b = expr.as_bytes();
+    let mut i = 0;
+    let ident_start = |c: u8| c.is_ascii_alphabetic() || c == b'_';
+    let ident_char = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    while i < b.len() {
+        let c = b[i];
+        if c == b'"' || c == b'\'' {
+            // skip string literal
+            i += 1;
+            while i < b.len() && b[i] != c {
+                i += 1;
+            }
+            i += 1;
+            continue;
+        }
+        if ident_start(c) && (i == 0 || !(ident_char(b[i - 1]) || b[i - 1] == b'.')) {
+            let mut parts = Vec::new();
+            let s = i;
+            while i < b.len() && ident_char(b[i]) {
+                i += 1;
+            }
+            parts.push(expr[s..i].to_string());
+            loop {
+                if i < b.len() && b[i] == b'.' && i + 1 < b.len() && ident_start(b[i + 1]) {
+                    let s = i + 1;
+                    i += 1;
+                    while i < b.len() && ident_char(b[i]) {
+                        i += 1;
+                    }
+                    parts.push(expr[s..i].to_string());
+                } else if i + 1 < b.len() && b[i] == b'[' && (b[i + 1] == b'"' || b[i + 1] == b'\'')
+                {
+                    let q = b[i + 1];
+                    let s = i + 2;
+                    let Some(len) = expr[s..].find(q as char) else {
+                        break;
+                    };
+                    let e = s + len;
+                    if e + 1 < b.len() && b[e + 1] == b']' {
+                        parts.push(expr[s..e].to_string());
+                        i = e + 2;
+                    } else {
+                        break;
+                    }
+                } else {
+                    break;
+                }
+            }
+            if parts.len() > 1
+                || !matches!(
+                    parts[0].as_str(),
+                    "if" | "for"
+                        | "in"
+                        | "not"
+                        | "and"
+                        | "or"
+                        | "is"
+                        | "else"
+                        | "endif"
+                        | "endfor"
+                        | "true"
+                        | "false"
+                        | "none"
+                        | "set"
+                )
+            {
+                out.push(parts.join("."));
+            }
+            continue;
+        }
+        i += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_found_in_expressions() {
+        let r = references(
+            r#"  memory: {{ values.zk.memory }} {{ cluster_cfg["cluster"]['common'].x | quote }}"#,
+        );
+        assert_eq!(
+            r,
+            vec![
+                "values.zk.memory".to_string(),
+                "cluster_cfg.cluster.common.x".into(),
+                "quote".into()
+            ]
+        );
+    }
+
+    #[test]
+    fn yaml_keys() {
+        assert_eq!(yaml_key("name: x"), Some("name"));
+        assert_eq!(yaml_key("\"a.b\": 1"), Some("a.b"));
+        assert_eq!(yaml_key("image: a:b"), Some("image"));
+        assert_eq!(yaml_key("http://x"), None);
+        assert_eq!(yaml_key("{{ x }}: 1"), None);
+    }
+
+    #[test]
+    fn semver() {
+        assert!(is_semver("0.14.0"));
+        assert!(is_semver("1.2.3-rc.1"));
+        assert!(!is_semver("1.2"));
+    }
+}

@@ -1,0 +1,156 @@
+//! Charts: `Chart.yaml` + `values.yaml` + `values.schema.json` + `templates/` + `files/`, loaded and rendered.
+
+pub mod filters;
+pub mod lint;
+pub mod load;
+pub mod package;
+pub mod render;
+pub mod values;
+pub mod yaml;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::diag::InputError;
+
+pub use load::{load_chart, load_charts};
+pub use render::{RenderContext, RenderedDoc, render_chart};
+pub use values::{MergedValues, ValueLayer, merge_values, validate_values};
+pub use yaml::{parse_yaml_documents, to_yaml_string};
+
+/// The only `apiVersion` a `Chart.yaml` may have.
+pub const CHART_API_VERSION: &str = "pailot.dev/v1";
+
+/// `Chart.yaml`: chart metadata.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChartMeta {
+    /// Always `pailot.dev/v1`.
+    pub api_version: String,
+    /// Chart name; must equal the chart's directory name.
+    pub name: String,
+    /// Chart version (semver, e.g. `0.14.0`).
+    pub version: String,
+    /// Version of the software the chart deploys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_version: Option<String>,
+    /// One line saying what the chart deploys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Charts that must be healthy before this one is applied (names outside the render are ignored).
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// Kubernetes versions the chart supports, e.g. `>=1.30`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_version: Option<String>,
+    /// True only for the `kubernetes` chart: its static pods are written by `pailot bootstrap`.
+    #[serde(default)]
+    pub bootstrap: bool,
+}
+
+/// One file under a chart's `templates/` directory.
+#[derive(Clone, Debug)]
+pub struct TemplateFile {
+    /// Name relative to `templates/` (`zookeeper.yaml`, `_helpers.j2`); the minijinja template name.
+    pub name: String,
+    /// Path relative to the repository root.
+    pub path: String,
+    /// True when rendered on its own (not a `_` partial, and a YAML template extension).
+    pub rendered: bool,
+    /// Line index used for provenance: YAML key -> 1-based lines where `key:` appears.
+    pub(crate) key_lines: std::collections::HashMap<String, Vec<usize>>,
+    /// Per 1-based line (index 0 unused): dotted references inside `{{ }}`/`{% %}` on that line.
+    pub(crate) line_refs: Vec<Vec<String>>,
+    /// 1-based lines that start a YAML document (`---`).
+    pub(crate) separators: Vec<usize>,
+    /// 1-based lines holding a `kind:` key, with the line text.
+    pub(crate) kind_lines: Vec<(usize, String)>,
+}
+
+/// A loaded chart, ready to render.
+#[derive(Clone)]
+pub struct Chart {
+    /// The chart directory on disk.
+    pub dir: PathBuf,
+    /// The chart directory relative to the repository root, e.g. `charts/zookeeper`.
+    pub rel_dir: String,
+    pub meta: ChartMeta,
+    /// `values.yaml` (an empty map when absent).
+    pub values: Value,
+    /// `values.schema.json`, when present.
+    pub schema: Option<Value>,
+    /// Every file under `templates/`, sorted by name.
+    pub templates: Vec<TemplateFile>,
+    /// Paths of the regular files under `files/`, relative to it, sorted (`/`-separated).
+    pub files: Vec<String>,
+    /// The template environment (templates compiled once at load).
+    pub(crate) env: Arc<minijinja::Environment<'static>>,
+}
+
+impl std::fmt::Debug for Chart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chart")
+            .field("rel_dir", &self.rel_dir)
+            .field("meta", &self.meta)
+            .field(
+                "templates",
+                &self.templates.iter().map(|t| &t.name).collect::<Vec<_>>(),
+            )
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
+impl Chart {
+    /// Name of the chart (`Chart.yaml` `name`).
+    pub fn name(&self) -> &str {
+        &self.meta.name
+    }
+
+    /// The templates rendered on their own, in name order.
+    pub fn rendered_templates(&self) -> impl Iterator<Item = &TemplateFile> {
+        self.templates.iter().filter(|t| t.rendered)
+    }
+
+    /// The chart's values as the first merge layer (`charts/<name>/values.yaml`).
+    pub fn default_layer(&self) -> ValueLayer {
+        ValueLayer {
+            file: format!("{}/values.yaml", self.rel_dir),
+            key_prefix: String::new(),
+            values: self.values.clone(),
+        }
+    }
+
+    /// The `files/` directory of the chart.
+    pub fn files_dir(&self) -> PathBuf {
+        self.dir.join("files")
+    }
+}
+
+/// Repo-relative, `/`-separated form of `path` (or the path as given when outside `root`).
+pub(crate) fn rel_path(root: &Path, path: &Path) -> String {
+    let p = path.strip_prefix(root).unwrap_or(path);
+    let s: Vec<String> = p
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    s.join("/")
+}
+
+/// Merge helper used by callers that only have the chart: defaults + extra layers.
+pub fn merged_defaults(chart: &Chart, extra: &[ValueLayer]) -> MergedValues {
+    let mut layers = vec![chart.default_layer()];
+    layers.extend_from_slice(extra);
+    merge_values(&layers)
+}
+
+/// Result type of this module: every failure is an input error.
+pub type Result<T> = std::result::Result<T, InputError>;
+
+/// Charts by name.
+pub type Charts = BTreeMap<String, Chart>;
