@@ -1,0 +1,902 @@
+//! Overlays (`overlays/<name>/overlay.yaml`): extends, chart selection, values layers and RFC 6902 patches.
+//!
+//! Flow: [`resolve`] loads the overlays a cluster names, depth first through `extends` (each overlay
+//! once, cycles rejected), compiling every target and op up front; [`chart_set`] and
+//! [`value_layers`] read the resolved list; [`apply_patches`] runs the patches over rendered objects.
+
+pub mod patch;
+pub mod target;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use json_patch::PatchOperation;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::chart::values::ValueLayer;
+use crate::diag::InputError;
+use crate::manifest::{ObjectId, RenderedObject};
+use crate::provenance::{FieldHistory, Origin};
+
+pub use target::{CompiledTarget, Selector, Target};
+
+/// The only `apiVersion` an overlay may have.
+pub const OVERLAY_API_VERSION: &str = "pailot.dev/v1";
+
+/// An overlay: charts to add/remove, values to merge, patches to apply to the rendered objects.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Overlay {
+    /// Always `pailot.dev/v1`.
+    pub api_version: String,
+    /// Always `Overlay`.
+    pub kind: String,
+    /// What the overlay is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Overlays applied before this one, in order (depth first, each once; cycles are an error).
+    #[serde(default)]
+    pub extends: Vec<String>,
+    /// Charts added to or removed from the render.
+    #[serde(default)]
+    pub charts: ChartSelection,
+    /// Values per chart (`"*"` = every chart), merged after the chart's values.yaml.
+    #[serde(default)]
+    pub values: BTreeMap<String, Value>,
+    /// JSON patches applied, in order, to the rendered objects.
+    #[serde(default)]
+    pub patches: Vec<Patch>,
+}
+
+/// Charts an overlay adds (`include`, `"*"` = every chart in `charts/`) and removes (`exclude`, `"*"` = all).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChartSelection {
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+/// One patch: which objects, and the RFC 6902 ops (inline `ops`, or a `file` beside the overlay).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Patch {
+    pub target: Target,
+    /// Inline ops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<Vec<PatchOp>>,
+    /// A YAML list of ops, relative to the overlay directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// When true, a target matching nothing is not an error.
+    #[serde(default)]
+    pub optional: bool,
+}
+
+/// One RFC 6902 operation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum PatchOp {
+    Add { path: String, value: Value },
+    Remove { path: String },
+    Replace { path: String, value: Value },
+    Move { from: String, path: String },
+    Copy { from: String, path: String },
+    Test { path: String, value: Value },
+}
+
+impl PatchOp {
+    /// `add`, `remove`, ...
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PatchOp::Add { .. } => "add",
+            PatchOp::Remove { .. } => "remove",
+            PatchOp::Replace { .. } => "replace",
+            PatchOp::Move { .. } => "move",
+            PatchOp::Copy { .. } => "copy",
+            PatchOp::Test { .. } => "test",
+        }
+    }
+
+    /// The op's `path`.
+    pub fn path(&self) -> &str {
+        match self {
+            PatchOp::Add { path, .. }
+            | PatchOp::Remove { path }
+            | PatchOp::Replace { path, .. }
+            | PatchOp::Move { path, .. }
+            | PatchOp::Copy { path, .. }
+            | PatchOp::Test { path, .. } => path,
+        }
+    }
+
+    fn source_pointer(&self) -> Option<&str> {
+        match self {
+            PatchOp::Move { from, .. } | PatchOp::Copy { from, .. } => Some(from),
+            _ => None,
+        }
+    }
+
+    /// The json-patch form; the error says which pointer is not a JSON pointer.
+    pub fn compile(&self) -> Result<PatchOperation, String> {
+        use json_patch::jsonptr::PointerBuf;
+        use json_patch::*;
+        let ptr =
+            |p: &str| PointerBuf::parse(p).map_err(|e| format!("`{p}` is not a JSON pointer: {e}"));
+        Ok(match self.clone() {
+            PatchOp::Add { path, value } => PatchOperation::Add(AddOperation {
+                path: ptr(&path)?,
+                value,
+            }),
+            PatchOp::Remove { path } => {
+                PatchOperation::Remove(RemoveOperation { path: ptr(&path)? })
+            }
+            PatchOp::Replace { path, value } => PatchOperation::Replace(ReplaceOperation {
+                path: ptr(&path)?,
+                value,
+            }),
+            PatchOp::Move { from, path } => PatchOperation::Move(MoveOperation {
+                from: ptr(&from)?,
+                path: ptr(&path)?,
+            }),
+            PatchOp::Copy { from, path } => PatchOperation::Copy(CopyOperation {
+                from: ptr(&from)?,
+                path: ptr(&path)?,
+            }),
+            PatchOp::Test { path, value } => PatchOperation::Test(TestOperation {
+                path: ptr(&path)?,
+                value,
+            }),
+        })
+    }
+}
+
+/// An overlay read from disk with its patches compiled (regexes, selectors, pointers, patch files).
+#[derive(Clone, Debug)]
+pub struct LoadedOverlay {
+    pub name: String,
+    /// `overlays/<name>/overlay.yaml`, relative to the repository root.
+    pub file: String,
+    pub overlay: Overlay,
+    pub patches: Vec<LoadedPatch>,
+}
+
+/// One compiled patch.
+#[derive(Clone, Debug)]
+pub struct LoadedPatch {
+    /// Index in the overlay's `patches`.
+    pub index: usize,
+    /// Line of the patch in the overlay file, when known.
+    pub line: Option<usize>,
+    pub target: CompiledTarget,
+    pub ops: Vec<LoadedOp>,
+    pub optional: bool,
+}
+
+/// One compiled op and the origin provenance records for it.
+#[derive(Clone, Debug)]
+pub struct LoadedOp {
+    pub op: PatchOperation,
+    /// The op as written (for messages).
+    pub source: PatchOp,
+    /// File holding the op (the overlay file, or the patch file) and the line there, when known.
+    pub file: String,
+    pub line: Option<usize>,
+    pub origin: Arc<Origin>,
+}
+
+/// Lines of patches and ops, read in a second, lenient pass over the same text.
+#[derive(Deserialize, Default)]
+struct PatchLines {
+    #[serde(default)]
+    patches: Vec<serde_saphyr::Spanned<OpLines>>,
+}
+
+#[derive(Deserialize, Default)]
+struct OpLines {
+    #[serde(default)]
+    ops: Vec<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
+}
+
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! { legacy_octal_numbers: true }
+}
+
+/// Parse YAML text into `T`, naming `file` and the line/column on error.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, InputError> {
+    serde_saphyr::from_str_with_options::<T>(text, yaml_options()).map_err(|e| {
+        let mut err = crate::chart::yaml::yaml_error(file, &e);
+        // The position is in the error already: drop serde-saphyr's "error: line L column C: " prefix.
+        if let Some(rest) = err.message.strip_prefix("invalid YAML: error: line ")
+            && let Some((_, fact)) = rest.split_once(": ")
+        {
+            err.message = fact.to_string();
+        }
+        err
+    })
+}
+
+fn valid_overlay_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Repo-relative file of overlay `name`.
+pub fn overlay_file(name: &str) -> String {
+    format!("overlays/{name}/overlay.yaml")
+}
+
+/// Read and compile `overlays/<name>/overlay.yaml` (not its `extends`).
+pub fn load_overlay(repo_root: &Path, name: &str) -> Result<LoadedOverlay, InputError> {
+    let file = overlay_file(name);
+    let text = std::fs::read_to_string(repo_root.join(&file))
+        .map_err(|e| InputError::new(&file, format!("cannot read overlay: {e}")))?;
+    let overlay: Overlay = parse_yaml(&text, &file)?;
+    if overlay.api_version != OVERLAY_API_VERSION {
+        return Err(InputError::new(
+            &file,
+            format!(
+                "apiVersion must be {OVERLAY_API_VERSION}, not `{}`",
+                overlay.api_version
+            ),
+        )
+        .place("apiVersion"));
+    }
+    if overlay.kind != "Overlay" {
+        return Err(InputError::new(
+            &file,
+            format!("kind must be Overlay, not `{}`", overlay.kind),
+        )
+        .place("kind"));
+    }
+    let lines: PatchLines =
+        serde_saphyr::from_str_with_options(&text, yaml_options()).unwrap_or_default();
+    let mut patches = Vec::with_capacity(overlay.patches.len());
+    for (pi, p) in overlay.patches.iter().enumerate() {
+        let spanned = lines.patches.get(pi);
+        let line = spanned
+            .map(|s| s.referenced.line() as usize)
+            .filter(|&l| l > 0);
+        let at = |e: InputError| match line {
+            Some(l) => e.at(l, 1),
+            None => e,
+        };
+        let target = CompiledTarget::compile(&p.target).map_err(|e| {
+            at(InputError::new(&file, e.to_string())
+                .place(format!("patch {pi} target.{}", e.field())))
+        })?;
+        let (ops_file, ops, op_lines): (String, Vec<PatchOp>, Vec<Option<usize>>) =
+            match (&p.ops, &p.file) {
+                (Some(ops), None) => {
+                    let op_lines = (0..ops.len())
+                        .map(|oi| {
+                            spanned
+                                .and_then(|s| s.value.ops.get(oi))
+                                .map(|s| s.referenced.line() as usize)
+                                .filter(|&l| l > 0)
+                        })
+                        .collect();
+                    (file.clone(), ops.clone(), op_lines)
+                }
+                (None, Some(rel)) => {
+                    load_patch_file(repo_root, name, &file, pi, rel).map_err(at)?
+                }
+                (Some(_), Some(_)) => {
+                    return Err(at(InputError::new(
+                        &file,
+                        "a patch has either `ops` or `file`, not both",
+                    )
+                    .place(format!("patch {pi}"))));
+                }
+                (None, None) => {
+                    return Err(at(InputError::new(&file, "a patch needs `ops` or `file`")
+                        .place(format!("patch {pi}"))));
+                }
+            };
+        let mut loaded_ops = Vec::with_capacity(ops.len());
+        for (oi, op) in ops.into_iter().enumerate() {
+            let op_line = op_lines.get(oi).copied().flatten();
+            let compiled = op.compile().map_err(|m| {
+                let e = InputError::new(&ops_file, m)
+                    .place(format!("patch {pi} op {oi}"))
+                    .pointer(op.path());
+                match op_line {
+                    Some(l) => e.at(l, 1),
+                    None => e,
+                }
+            })?;
+            let origin = Arc::new(Origin::Overlay {
+                overlay: name.to_string(),
+                file: ops_file.clone(),
+                patch: pi,
+                op: oi,
+                op_kind: op.kind().to_string(),
+                line: op_line,
+                from: op.source_pointer().map(str::to_string),
+            });
+            loaded_ops.push(LoadedOp {
+                op: compiled,
+                source: op,
+                file: ops_file.clone(),
+                line: op_line,
+                origin,
+            });
+        }
+        patches.push(LoadedPatch {
+            index: pi,
+            line,
+            target,
+            ops: loaded_ops,
+            optional: p.optional,
+        });
+    }
+    Ok(LoadedOverlay {
+        name: name.to_string(),
+        file,
+        overlay,
+        patches,
+    })
+}
+
+#[allow(clippy::type_complexity)]
+fn load_patch_file(
+    repo_root: &Path,
+    name: &str,
+    overlay_file: &str,
+    pi: usize,
+    rel: &str,
+) -> Result<(String, Vec<PatchOp>, Vec<Option<usize>>), InputError> {
+    let rel_path = Path::new(rel);
+    if rel_path.is_absolute()
+        || rel_path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(InputError::new(
+            overlay_file,
+            format!("patch file `{rel}` must stay inside the overlay directory"),
+        )
+        .place(format!("patch {pi} file")));
+    }
+    let ops_file = format!("overlays/{name}/{rel}");
+    let text = std::fs::read_to_string(repo_root.join(&ops_file)).map_err(|e| {
+        InputError::new(
+            overlay_file,
+            format!("cannot read patch file {ops_file}: {e}"),
+        )
+        .place(format!("patch {pi} file"))
+    })?;
+    let ops: Vec<PatchOp> = parse_yaml(&text, &ops_file)?;
+    let lines: Vec<serde_saphyr::Spanned<serde::de::IgnoredAny>> =
+        serde_saphyr::from_str_with_options(&text, yaml_options()).unwrap_or_default();
+    let op_lines = (0..ops.len())
+        .map(|i| {
+            lines
+                .get(i)
+                .map(|s| s.referenced.line() as usize)
+                .filter(|&l| l > 0)
+        })
+        .collect();
+    Ok((ops_file, ops, op_lines))
+}
+
+/// Load `names` (referenced from `from_file`) and everything they extend, in application order:
+/// for `[a, b]`: `a`'s extends (depth first, each overlay once), `a`, `b`'s extends not yet seen, `b`.
+pub fn resolve(
+    repo_root: &Path,
+    names: &[String],
+    from_file: &str,
+) -> Result<Vec<LoadedOverlay>, InputError> {
+    let mut out = Vec::new();
+    let mut done = BTreeSet::new();
+    let mut stack = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        visit(
+            repo_root,
+            name,
+            from_file,
+            &format!("overlays[{i}]"),
+            &mut stack,
+            &mut done,
+            &mut out,
+        )?;
+    }
+    Ok(out)
+}
+
+fn visit(
+    repo_root: &Path,
+    name: &str,
+    from_file: &str,
+    place: &str,
+    stack: &mut Vec<String>,
+    done: &mut BTreeSet<String>,
+    out: &mut Vec<LoadedOverlay>,
+) -> Result<(), InputError> {
+    if let Some(start) = stack.iter().position(|s| s == name) {
+        let mut cycle: Vec<&str> = stack[start..].iter().map(String::as_str).collect();
+        cycle.push(name);
+        return Err(
+            InputError::new(from_file, format!("extends cycle: {}", cycle.join(" -> ")))
+                .place(place),
+        );
+    }
+    if done.contains(name) {
+        return Ok(());
+    }
+    if !valid_overlay_name(name) {
+        return Err(
+            InputError::new(from_file, format!("invalid overlay name `{name}`")).place(place),
+        );
+    }
+    let file = overlay_file(name);
+    if !repo_root.join(&file).is_file() {
+        return Err(InputError::new(
+            from_file,
+            format!("unknown overlay `{name}`: {file} does not exist"),
+        )
+        .place(place));
+    }
+    let loaded = load_overlay(repo_root, name)?;
+    stack.push(name.to_string());
+    for (i, parent) in loaded.overlay.extends.iter().enumerate() {
+        visit(
+            repo_root,
+            parent,
+            &loaded.file,
+            &format!("extends[{i}]"),
+            stack,
+            done,
+            out,
+        )?;
+    }
+    stack.pop();
+    done.insert(name.to_string());
+    out.push(loaded);
+    Ok(())
+}
+
+/// The charts the overlays select, from `available` (the charts in `charts/`): include/exclude
+/// accumulate in overlay order. An unknown chart name is an error naming the overlay and place.
+pub fn chart_set(
+    overlays: &[LoadedOverlay],
+    available: &BTreeSet<String>,
+) -> Result<BTreeSet<String>, InputError> {
+    let mut set = BTreeSet::new();
+    for o in overlays {
+        for (i, c) in o.overlay.charts.include.iter().enumerate() {
+            if c == "*" {
+                set.extend(available.iter().cloned());
+            } else if available.contains(c) {
+                set.insert(c.clone());
+            } else {
+                return Err(InputError::new(
+                    &o.file,
+                    format!("unknown chart `{c}` (no charts/{c}/Chart.yaml)"),
+                )
+                .place(format!("charts.include[{i}]")));
+            }
+        }
+        for (i, c) in o.overlay.charts.exclude.iter().enumerate() {
+            if c == "*" {
+                set.clear();
+                continue;
+            }
+            if !available.contains(c) {
+                return Err(InputError::new(
+                    &o.file,
+                    format!("unknown chart `{c}` (no charts/{c}/Chart.yaml)"),
+                )
+                .place(format!("charts.exclude[{i}]")));
+            }
+            set.remove(c);
+        }
+    }
+    Ok(set)
+}
+
+/// The overlay value layers of `chart`, in merge order: per overlay, `values."*"` then `values.<chart>`.
+pub fn value_layers(overlays: &[LoadedOverlay], chart: &str) -> Vec<ValueLayer> {
+    let mut layers = Vec::new();
+    for o in overlays {
+        for key in ["*", chart] {
+            if let Some(v) = o.overlay.values.get(key) {
+                layers.push(ValueLayer {
+                    file: o.file.clone(),
+                    key_prefix: format!("values.{key}"),
+                    values: v.clone(),
+                });
+            }
+        }
+    }
+    layers
+}
+
+/// Check every `values` key names a chart that exists (or `"*"`).
+pub fn check_value_keys(
+    overlays: &[LoadedOverlay],
+    available: &BTreeSet<String>,
+) -> Result<(), InputError> {
+    for o in overlays {
+        for k in o.overlay.values.keys() {
+            if k != "*" && !available.contains(k) {
+                return Err(
+                    InputError::new(&o.file, format!("values for unknown chart `{k}`"))
+                        .place(format!("values.{k}")),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Apply every patch of `overlays`, in order, to `objects` (sorted by identity), recording provenance
+/// in `histories` (when given). `seq` numbers the ops (step 0 is the chart engine).
+///
+/// Guarantees: a failing op stops the render with an error naming the op's file (and line), `patch P
+/// op O`, the JSON pointer and the object; the object keeps its state from before that op.
+pub fn apply_patches(
+    overlays: &[LoadedOverlay],
+    objects: &mut BTreeMap<ObjectId, RenderedObject>,
+    mut histories: Option<&mut BTreeMap<ObjectId, FieldHistory>>,
+) -> Result<(), InputError> {
+    let mut seq: u32 = 0;
+    // Targets naming one object literally (the common case) look it up instead of scanning.
+    let mut by_name = name_index(objects);
+    for o in overlays {
+        for p in &o.patches {
+            let first_seq = seq + 1;
+            seq += p.ops.len() as u32;
+            let mut matched = 0usize;
+            let mut renamed = Vec::new();
+            let mut apply = |id: &ObjectId, ro: &mut RenderedObject| -> Result<(), InputError> {
+                if !p.target.matches(id, &ro.chart, &ro.object) {
+                    return Ok(());
+                }
+                matched += 1;
+                let mut history = histories.as_deref_mut().map(|h| {
+                    if !h.contains_key(id) {
+                        h.insert(id.clone(), FieldHistory::default());
+                    }
+                    h.get_mut(id).expect("inserted above")
+                });
+                for (oi, op) in p.ops.iter().enumerate() {
+                    let recorder = history.as_deref_mut().map(|history| patch::Recorder {
+                        history,
+                        seq: first_seq + oi as u32,
+                        origin: &op.origin,
+                    });
+                    if let Err(e) = patch::apply_op(&mut ro.object, &op.op, recorder) {
+                        return Err(op_error(op, p, oi, id, &e));
+                    }
+                }
+                if !same_identity(id, &ro.object) {
+                    renamed.push(id.clone());
+                }
+                Ok(())
+            };
+            match p.target.literal_name().and_then(|n| by_name.get(n)) {
+                Some(ids) => {
+                    for id in ids {
+                        if let Some(ro) = objects.get_mut(id) {
+                            apply(id, ro)?;
+                        }
+                    }
+                }
+                None if p.target.literal_name().is_some() => {}
+                None => {
+                    for (id, ro) in objects.iter_mut() {
+                        apply(id, ro)?;
+                    }
+                }
+            }
+            if matched == 0 && !p.optional {
+                let mut err = InputError::new(
+                    &o.file,
+                    "target matches no rendered object (set `optional: true` to allow)",
+                )
+                .place(format!("patch {}", p.index))
+                .object(describe_target(&o.overlay.patches[p.index].target));
+                if let Some(l) = p.line {
+                    err = err.at(l, 1);
+                }
+                return Err(err);
+            }
+            if !renamed.is_empty() {
+                rekey(objects, histories.as_deref_mut(), &renamed, o, p)?;
+                by_name = name_index(objects);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn name_index(objects: &BTreeMap<ObjectId, RenderedObject>) -> BTreeMap<String, Vec<ObjectId>> {
+    let mut index: BTreeMap<String, Vec<ObjectId>> = BTreeMap::new();
+    for id in objects.keys() {
+        index.entry(id.name.clone()).or_default().push(id.clone());
+    }
+    index
+}
+
+fn op_error(
+    op: &LoadedOp,
+    p: &LoadedPatch,
+    oi: usize,
+    id: &ObjectId,
+    e: &json_patch::PatchError,
+) -> InputError {
+    let pointer = match &op.source {
+        PatchOp::Move { from, .. } | PatchOp::Copy { from, .. }
+            if matches!(e.kind, json_patch::PatchErrorKind::InvalidFromPointer) =>
+        {
+            from.clone()
+        }
+        s => s.path().to_string(),
+    };
+    let mut err = InputError::new(&op.file, format!("{} failed: {}", op.source.kind(), e.kind))
+        .place(format!("patch {} op {oi}", p.index))
+        .pointer(pointer)
+        .object(id.display_name());
+    if let Some(l) = op.line.or(p.line) {
+        err = err.at(l, 1);
+    }
+    err
+}
+
+/// Whether `obj` still has identity `id` (compared without allocating).
+fn same_identity(id: &ObjectId, obj: &Value) -> bool {
+    let s = |p: &str| obj.pointer(p).and_then(Value::as_str);
+    let api = s("/apiVersion").unwrap_or("");
+    let api_ok = match api.split_once('/') {
+        Some((g, v)) => g == id.group && v == id.version,
+        None => id.group.is_empty() && api == id.version,
+    };
+    api_ok
+        && s("/kind") == Some(id.kind.as_str())
+        && s("/metadata/name") == Some(id.name.as_str())
+        && s("/metadata/namespace").filter(|n| !n.is_empty()) == id.namespace.as_deref()
+}
+
+/// Move objects a patch renamed to their new identity, so later patches match what they now are.
+fn rekey(
+    objects: &mut BTreeMap<ObjectId, RenderedObject>,
+    mut histories: Option<&mut BTreeMap<ObjectId, FieldHistory>>,
+    renamed: &[ObjectId],
+    o: &LoadedOverlay,
+    p: &LoadedPatch,
+) -> Result<(), InputError> {
+    let mut moved = Vec::with_capacity(renamed.len());
+    for old in renamed {
+        let Some(ro) = objects.remove(old) else {
+            continue;
+        };
+        let new = ObjectId::of(&ro.object).map_err(|e| {
+            let mut err =
+                InputError::new(&o.file, format!("the patch leaves an invalid object: {e}"))
+                    .place(format!("patch {}", p.index))
+                    .object(old.display_name());
+            if let Some(l) = p.line {
+                err = err.at(l, 1);
+            }
+            err
+        })?;
+        if let Some(h) = histories.as_deref_mut()
+            && let Some(hist) = h.remove(old)
+        {
+            h.insert(new.clone(), hist);
+        }
+        moved.push((old, new, ro));
+    }
+    for (old, new, ro) in moved {
+        if let Some(prev) = objects.get(&new) {
+            let mut err = InputError::new(
+                &o.file,
+                format!(
+                    "the patch turns {old} ({}) into {new}, which {} also renders",
+                    ro.template, prev.template
+                ),
+            )
+            .place(format!("patch {}", p.index))
+            .object(new.display_name());
+            if let Some(l) = p.line {
+                err = err.at(l, 1);
+            }
+            return Err(err);
+        }
+        objects.insert(new, ro);
+    }
+    Ok(())
+}
+
+/// `kind=Deployment name=grafana`: a target as one line for messages.
+pub fn describe_target(t: &Target) -> String {
+    let fields = [
+        ("group", &t.group),
+        ("version", &t.version),
+        ("kind", &t.kind),
+        ("name", &t.name),
+        ("namespace", &t.namespace),
+        ("labelSelector", &t.label_selector),
+        ("annotationSelector", &t.annotation_selector),
+        ("chart", &t.chart),
+    ];
+    let parts: Vec<String> = fields
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+        .collect();
+    if parts.is_empty() {
+        "target {} (every object)".into()
+    } else {
+        format!("target {}", parts.join(" "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    fn overlay(extends: &[&str]) -> String {
+        format!(
+            "apiVersion: pailot.dev/v1\nkind: Overlay\nextends: [{}]\n",
+            extends.join(", ")
+        )
+    }
+
+    #[test]
+    fn resolution_order_is_depth_first_each_once() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "overlays/base/overlay.yaml", &overlay(&[]));
+        write(d.path(), "overlays/a/overlay.yaml", &overlay(&["base"]));
+        write(d.path(), "overlays/c/overlay.yaml", &overlay(&[]));
+        write(
+            d.path(),
+            "overlays/b/overlay.yaml",
+            &overlay(&["c", "base"]),
+        );
+        let names: Vec<String> = resolve(d.path(), &["a".into(), "b".into()], "clusters/x.yaml")
+            .unwrap()
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        assert_eq!(names, ["base", "a", "c", "b"]);
+    }
+
+    #[test]
+    fn cycles_are_spelled_out() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "overlays/a/overlay.yaml", &overlay(&["b"]));
+        write(d.path(), "overlays/b/overlay.yaml", &overlay(&["c"]));
+        write(d.path(), "overlays/c/overlay.yaml", &overlay(&["a"]));
+        let e = resolve(d.path(), &["a".into()], "clusters/x.yaml").unwrap_err();
+        assert_eq!(e.file.to_str(), Some("overlays/c/overlay.yaml"));
+        assert!(e.message.contains("a -> b -> c -> a"), "{e}");
+        assert_eq!(e.place.as_deref(), Some("extends[0]"));
+    }
+
+    #[test]
+    fn unknown_overlay_names_the_referring_file() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "overlays/a/overlay.yaml", &overlay(&["nope"]));
+        let e = resolve(d.path(), &["a".into()], "clusters/x.yaml").unwrap_err();
+        assert_eq!(e.file.to_str(), Some("overlays/a/overlay.yaml"));
+        assert!(e.message.contains("nope"));
+        let e = resolve(d.path(), &["../etc".into()], "clusters/x.yaml").unwrap_err();
+        assert_eq!(e.file.to_str(), Some("clusters/x.yaml"));
+    }
+
+    #[test]
+    fn op_lines_and_bad_pointers() {
+        let d = tempfile::tempdir().unwrap();
+        let text = "apiVersion: pailot.dev/v1\nkind: Overlay\npatches:\n  - target: {kind: Deployment}\n    ops:\n      - {op: replace, path: /a, value: 1}\n      - {op: add, path: nope, value: 1}\n";
+        write(d.path(), "overlays/a/overlay.yaml", text);
+        let e = load_overlay(d.path(), "a").unwrap_err();
+        assert_eq!(e.place.as_deref(), Some("patch 0 op 1"));
+        assert_eq!(e.pointer.as_deref(), Some("nope"));
+        assert_eq!(e.line, Some(7), "{e}");
+    }
+
+    #[test]
+    fn patch_file_ops_have_their_own_file() {
+        let d = tempfile::tempdir().unwrap();
+        let text = "apiVersion: pailot.dev/v1\nkind: Overlay\npatches:\n  - target: {kind: Deployment}\n    file: patches/p.yaml\n";
+        write(d.path(), "overlays/a/overlay.yaml", text);
+        write(
+            d.path(),
+            "overlays/a/patches/p.yaml",
+            "- op: test\n  path: /a\n  value: 1\n- op: remove\n  path: /a\n",
+        );
+        let o = load_overlay(d.path(), "a").unwrap();
+        assert_eq!(o.patches[0].ops.len(), 2);
+        assert_eq!(o.patches[0].ops[1].file, "overlays/a/patches/p.yaml");
+        assert_eq!(o.patches[0].ops[1].line, Some(4));
+    }
+
+    #[test]
+    fn apply_patches_reports_failing_op_and_unmatched_target() {
+        let d = tempfile::tempdir().unwrap();
+        let text = "apiVersion: pailot.dev/v1\nkind: Overlay\npatches:\n  - target: {kind: Deployment, name: web}\n    ops:\n      - {op: replace, path: /spec/replicas, value: 2}\n      - {op: remove, path: /spec/missing}\n";
+        write(d.path(), "overlays/a/overlay.yaml", text);
+        let o = load_overlay(d.path(), "a").unwrap();
+        let obj = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"}, "spec": {"replicas": 1}});
+        let id = ObjectId::of(&obj).unwrap();
+        let mut objects = BTreeMap::from([(
+            id.clone(),
+            RenderedObject {
+                chart: "web".into(),
+                template: "t".into(),
+                object: obj,
+            },
+        )]);
+        let e = apply_patches(std::slice::from_ref(&o), &mut objects, None).unwrap_err();
+        assert_eq!(e.place.as_deref(), Some("patch 0 op 1"));
+        assert_eq!(e.pointer.as_deref(), Some("/spec/missing"));
+        assert_eq!(e.object.as_deref(), Some("Deployment/default/web"));
+        assert_eq!(e.line, Some(7));
+        // Op 0 applied, op 1 left the object as it was after op 0.
+        assert_eq!(objects[&id].object["spec"]["replicas"], json!(2));
+
+        let text = "apiVersion: pailot.dev/v1\nkind: Overlay\npatches:\n  - target: {kind: StatefulSet}\n    ops: [{op: remove, path: /spec}]\n  - target: {kind: StatefulSet}\n    optional: true\n    ops: [{op: remove, path: /spec}]\n";
+        write(d.path(), "overlays/b/overlay.yaml", text);
+        let o = load_overlay(d.path(), "b").unwrap();
+        let e = apply_patches(std::slice::from_ref(&o), &mut objects, None).unwrap_err();
+        assert_eq!(e.place.as_deref(), Some("patch 0"));
+        assert!(e.object.as_deref().unwrap().contains("kind=StatefulSet"));
+        assert_eq!(e.line, Some(4));
+    }
+
+    #[test]
+    fn chart_selection_accumulates_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "overlays/all/overlay.yaml",
+            "apiVersion: pailot.dev/v1\nkind: Overlay\ncharts: {include: ['*']}\n",
+        );
+        write(
+            d.path(),
+            "overlays/less/overlay.yaml",
+            "apiVersion: pailot.dev/v1\nkind: Overlay\ncharts: {exclude: [b]}\n",
+        );
+        write(
+            d.path(),
+            "overlays/more/overlay.yaml",
+            "apiVersion: pailot.dev/v1\nkind: Overlay\ncharts: {include: [b]}\n",
+        );
+        write(
+            d.path(),
+            "overlays/typo/overlay.yaml",
+            "apiVersion: pailot.dev/v1\nkind: Overlay\ncharts: {include: [zz]}\n",
+        );
+        let avail: BTreeSet<String> = ["a", "b", "c"].into_iter().map(String::from).collect();
+        let ov = |names: &[&str]| {
+            resolve(
+                d.path(),
+                &names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "c.yaml",
+            )
+            .unwrap()
+        };
+        let s = chart_set(&ov(&["all", "less"]), &avail).unwrap();
+        assert_eq!(s.into_iter().collect::<Vec<_>>(), ["a", "c"]);
+        let s = chart_set(&ov(&["all", "less", "more"]), &avail).unwrap();
+        assert_eq!(s.len(), 3);
+        let e = chart_set(&ov(&["typo"]), &avail).unwrap_err();
+        assert_eq!(e.place.as_deref(), Some("charts.include[0]"));
+    }
+}

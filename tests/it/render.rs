@@ -1,0 +1,194 @@
+//! `pailot render`: output order, `# Source:` lines, byte-identical output, JSON and YAML agree.
+
+use serde_json::Value;
+
+use crate::harness::pailot_in;
+use crate::overlay::fixture_repo;
+
+const ARGS: &[&str] = &["render", "--cluster", "clusters/test.yaml"];
+
+#[test]
+fn render_is_byte_identical_across_runs() {
+    let t = fixture_repo("selectors-pick-objects-by-labels-and-annotations");
+    let a = pailot_in(t.path(), ARGS);
+    assert_eq!(a.code, 0, "{}", a.stderr);
+    for _ in 0..3 {
+        let b = pailot_in(t.path(), ARGS);
+        assert!(a.stdout == b.stdout, "two renders differ");
+    }
+    let j1 = pailot_in(
+        t.path(),
+        &["render", "--cluster", "clusters/test.yaml", "-o", "json"],
+    );
+    let j2 = pailot_in(
+        t.path(),
+        &["render", "--cluster", "clusters/test.yaml", "-o", "json"],
+    );
+    assert!(j1.stdout == j2.stdout);
+}
+
+#[test]
+fn charts_come_in_dependency_order_then_stage_kind_namespace_name() {
+    // db dependsOn web; agent dependsOn db and a chart outside the render (ignored).
+    let t = fixture_repo("overlay-replaces-memory-request");
+    let r = pailot_in(t.path(), ARGS);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let sources: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("# Source: "))
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            "charts/web/templates/web.yaml",
+            "charts/web/templates/web.yaml",
+            "charts/db/templates/db.yaml",
+            "charts/db/templates/db.yaml",
+            "charts/agent/templates/agent.yaml",
+        ]
+    );
+    let j = pailot_in(
+        t.path(),
+        &["render", "--cluster", "clusters/test.yaml", "-o", "json"],
+    );
+    let objs: Vec<Value> = serde_json::from_str(&j.stdout).unwrap();
+    let ids: Vec<String> = objs
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    // Within a chart: by kind (Deployment < Service; ConfigMap < StatefulSet).
+    assert_eq!(
+        ids,
+        [
+            "Deployment/web",
+            "Service/web",
+            "ConfigMap/db-config",
+            "StatefulSet/db",
+            "DaemonSet/agent"
+        ]
+    );
+}
+
+#[test]
+fn yaml_stream_and_json_hold_the_same_objects() {
+    let t = fixture_repo("all-six-ops-apply-in-order");
+    let y = pailot_in(t.path(), ARGS);
+    let j = pailot_in(
+        t.path(),
+        &["render", "--cluster", "clusters/test.yaml", "-o", "json"],
+    );
+    assert_eq!((y.code, j.code), (0, 0), "{} {}", y.stderr, j.stderr);
+    let from_json: Vec<Value> = serde_json::from_str(&j.stdout).unwrap();
+    let from_yaml = pailot::chart::parse_yaml_documents(&y.stdout, "render.yaml").unwrap();
+    assert_eq!(from_json, from_yaml);
+    assert!(y.stdout.starts_with("---\n# Source: "));
+}
+
+#[test]
+fn namespaced_objects_get_the_cluster_namespace_and_chart_label() {
+    let t = fixture_repo("overlay-replaces-memory-request");
+    let j = pailot_in(
+        t.path(),
+        &["render", "--cluster", "clusters/test.yaml", "-o", "json"],
+    );
+    let objs: Vec<Value> = serde_json::from_str(&j.stdout).unwrap();
+    for o in &objs {
+        assert_eq!(o["metadata"]["namespace"], "default", "{o}");
+        assert!(o["metadata"]["labels"]["pailot.dev/chart"].is_string());
+    }
+}
+
+#[test]
+fn table_output_is_a_usage_error() {
+    let t = fixture_repo("overlay-replaces-memory-request");
+    let r = pailot_in(
+        t.path(),
+        &["render", "--cluster", "clusters/test.yaml", "-o", "table"],
+    );
+    assert_eq!(r.code, 2);
+}
+
+#[test]
+fn lint_passes_a_good_repository_and_lists_unused_overlays() {
+    let t = fixture_repo("extends-applies-parents-first-each-once");
+    t.write(
+        "overlays/spare/overlay.yaml",
+        "apiVersion: pailot.dev/v1\nkind: Overlay\n",
+    );
+    let r = pailot_in(t.path(), &["lint", "--cluster", "clusters/test.yaml"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("overlays/spare: not used"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !r.stdout.contains("overlays/b: not used"),
+        "b is used through extends: {}",
+        r.stdout
+    );
+}
+
+#[test]
+fn lint_lists_every_problem_with_its_place() {
+    let t = fixture_repo("overlay-replaces-memory-request");
+    // A broken overlay nobody uses, and a second cluster whose overlay patch fails.
+    t.write(
+        "overlays/broken/overlay.yaml",
+        "apiVersion: pailot.dev/v1\nkind: Overlay\nextends: [nope]\n",
+    );
+    t.write(
+        "overlays/bad-patch/overlay.yaml",
+        "apiVersion: pailot.dev/v1\nkind: Overlay\nextends: [all]\npatches:\n  - target: {kind: Service}\n    ops: [{op: remove, path: /spec/missing}]\n",
+    );
+    let cluster = std::fs::read_to_string(t.path().join("clusters/test.yaml"))
+        .unwrap()
+        .replace("[main]", "[bad-patch]");
+    t.write("clusters/other.yaml", &cluster);
+    let r = pailot_in(t.path(), &["lint", "--cluster", "clusters/test.yaml"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("overlays/broken/overlay.yaml: extends[0]: unknown overlay `nope`"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("overlays/bad-patch/overlay.yaml:6:1: patch 0 op 0 (Service/default/web) at /spec/missing"), "{}", r.stdout);
+    assert!(r.stdout.contains("2 problem(s)"), "{}", r.stdout);
+}
+
+#[test]
+fn provenance_mode_does_not_change_the_objects() {
+    use pailot::render::{ProvenanceMode, RenderRequest, render_with, to_yaml_stream};
+    let t = fixture_repo("all-six-ops-apply-in-order");
+    let req = RenderRequest {
+        repo_root: t.path().to_path_buf(),
+        cluster_file: "clusters/test.yaml".into(),
+        overlays: None,
+        revision: Some("abc123".into()),
+    };
+    let (_, with) = render_with(&req, ProvenanceMode::Record).unwrap();
+    let (_, without) = render_with(&req, ProvenanceMode::Skip).unwrap();
+    assert_eq!(to_yaml_stream(&with), to_yaml_stream(&without));
+    assert!(!with.provenance.objects.is_empty());
+    assert!(without.provenance.objects.is_empty());
+    assert_eq!(
+        with.charts
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["web", "db", "agent"]
+    );
+    assert_eq!(
+        with.charts[2].depends_on,
+        ["db"],
+        "dependsOn outside the render is dropped"
+    );
+}
