@@ -166,7 +166,9 @@ impl Default for KubernetesSettings {
 }
 
 /// A role a machine plays.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// Runs the control-plane static pods (apiserver, controller-manager, scheduler, etcd).
@@ -258,7 +260,10 @@ impl Machine {
             l.insert("pai-worker".into(), "true".into());
         }
         if self.has(Role::K8sMaster) {
-            l.insert("node-role.kubernetes.io/control-plane".into(), String::new());
+            l.insert(
+                "node-role.kubernetes.io/control-plane".into(),
+                String::new(),
+            );
         }
         if self.no_drivers {
             l.insert("no-drivers".into(), "true".into());
@@ -298,22 +303,36 @@ impl Cluster {
                 mv
             })
             .collect();
-        let first_master = masters.first().map(|m| m.address.clone()).unwrap_or_default();
+        let first_master = masters
+            .first()
+            .map(|m| m.address.clone())
+            .unwrap_or_default();
         let k8s_master = self
             .with_role(Role::K8sMaster)
             .next()
             .map(|m| m.address.clone())
             .unwrap_or_else(|| first_master.clone());
-        let quorum: Vec<String> = masters.iter().map(|m| format!("{}:2181", m.address)).collect();
+        let quorum: Vec<String> = masters
+            .iter()
+            .map(|m| format!("{}:2181", m.address))
+            .collect();
         v["machines"] = Value::Array(self.machines.iter().map(machine_view).collect());
         v["paiMasters"] = Value::Array(pai_masters);
         v["paiWorkers"] = Value::Array(self.with_role(Role::PaiWorker).map(machine_view).collect());
         v["k8sMasters"] = Value::Array(self.with_role(Role::K8sMaster).map(machine_view).collect());
-        v["gpuMachines"] =
-            Value::Array(self.machines.iter().filter(|m| m.capacity.gpu > 0).map(machine_view).collect());
+        v["gpuMachines"] = Value::Array(
+            self.machines
+                .iter()
+                .filter(|m| m.capacity.gpu > 0)
+                .map(machine_view)
+                .collect(),
+        );
         v["masterAddress"] = json!(first_master);
         v["k8sMasterAddress"] = json!(k8s_master);
-        v["apiServerUrl"] = json!(format!("https://{}:{}", k8s_master, self.kubernetes.api_server_port));
+        v["apiServerUrl"] = json!(format!(
+            "https://{}:{}",
+            k8s_master, self.kubernetes.api_server_port
+        ));
         v["registryPrefix"] = json!(self.registry.prefix());
         v["zookeeperQuorum"] = json!(quorum.join(","));
         v["singleMachine"] = json!(self.machines.len() == 1);

@@ -10,6 +10,7 @@
 //!    └─▶ Inventory    {revision, members}                    inventory (ApplySet parent Secret + state file)
 //! ```
 
+pub mod chart;
 pub mod cli;
 pub mod cluster;
 pub mod diag;
@@ -21,3 +22,16 @@ pub mod quantity;
 pub const FIELD_MANAGER: &str = "pailot";
 /// Version of this build, used in the ApplySet tooling label and `pailot_build_info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub mod apply;
+pub mod bootstrap;
+pub mod budget;
+pub mod daemon;
+pub mod init;
+pub mod inventory;
+pub mod metrics;
+pub mod overlay;
+pub mod preflight;
+pub mod render;
+pub mod schema;
+pub mod server;
+pub mod systemd;

@@ -60,12 +60,22 @@ impl ObjectId {
             Some((g, v)) => (g.to_string(), v.to_string()),
             None => (String::new(), api_version.to_string()),
         };
-        Ok(ObjectId { group, version, kind: kind.to_string(), namespace, name: name.to_string() })
+        Ok(ObjectId {
+            group,
+            version,
+            kind: kind.to_string(),
+            namespace,
+            name: name.to_string(),
+        })
     }
 
     /// `apps/v1` or `v1`.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
 
     /// `Kind/namespace/name`, or `Kind/name` when cluster-scoped: the form every message uses.
@@ -110,4 +120,16 @@ pub struct RenderedSet {
     pub charts: Vec<ChartInfo>,
     #[serde(skip)]
     pub provenance: Provenance,
+}
+
+/// Annotation marking a Pod that `pailot bootstrap` writes into the kubelet's static pod directory;
+/// such objects count in `budget` and `preflight` but are never applied through the API.
+pub const STATIC_POD_ANNOTATION: &str = "pailot.dev/static-pod";
+
+/// True when `object` carries `pailot.dev/static-pod: "true"` (a YAML `true` counts too).
+pub fn is_static_pod(object: &Value) -> bool {
+    object
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(STATIC_POD_ANNOTATION))
+        .is_some_and(|v| v.as_str() == Some("true") || v.as_bool() == Some(true))
 }

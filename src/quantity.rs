@@ -4,7 +4,9 @@ use std::fmt;
 
 /// A quantity that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid quantity {0:?}: expected a number with an optional suffix (Ki Mi Gi Ti, k M G T, m)")]
+#[error(
+    "invalid quantity {0:?}: expected a number with an optional suffix (Ki Mi Gi Ti, k M G T, m)"
+)]
 pub struct QuantityError(pub String);
 
 /// Parse a memory quantity (`512Mi`, `1Gi`, `1G`, `1000`, `1.5Gi`) into bytes.
@@ -30,7 +32,9 @@ pub fn parse_memory_value(v: &serde_json::Value) -> Result<u64, QuantityError> {
 pub fn parse_cpu_value(v: &serde_json::Value) -> Result<u64, QuantityError> {
     match v {
         serde_json::Value::String(s) => parse_cpu(s),
-        serde_json::Value::Number(n) => Ok((n.as_f64().unwrap_or(0.0).max(0.0) * 1000.0).round() as u64),
+        serde_json::Value::Number(n) => {
+            Ok((n.as_f64().unwrap_or(0.0).max(0.0) * 1000.0).round() as u64)
+        }
         other => Err(QuantityError(other.to_string())),
     }
 }

@@ -10,7 +10,7 @@ use super::order::{Stage, kind_rank};
 use crate::manifest::{ObjectId, RenderedObject, RenderedSet};
 
 /// Annotation that marks an object bootstrap writes as a static pod manifest; pailot never applies it.
-pub const STATIC_POD_ANNOTATION: &str = "pailot.dev/static-pod";
+pub use crate::manifest::{STATIC_POD_ANNOTATION, is_static_pod};
 
 /// Why a RenderedSet cannot be planned.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -143,14 +143,6 @@ fn definition_rank(id: &ObjectId) -> u8 {
         "Namespace" => 1,
         _ => 2,
     }
-}
-
-/// True when the object carries `pailot.dev/static-pod: "true"`.
-pub fn is_static_pod(object: &Value) -> bool {
-    matches!(
-        object["metadata"]["annotations"][STATIC_POD_ANNOTATION].as_str(),
-        Some("true")
-    )
 }
 
 /// Charts in dependency order (dependencies first; ties in the render's order), or the first cycle found.

@@ -3,13 +3,82 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::daemon::config::{self, Config};
+
 #[derive(clap::Args, Debug)]
 pub struct DaemonArgs {
     /// Daemon configuration file.
     #[arg(long, default_value = "/etc/pailot/pailot.yaml", env = "PAILOT_CONFIG")]
     pub config: PathBuf,
+    /// Apply even without a bootstrap record in the state directory (the cluster was set up by other means).
+    #[arg(long)]
+    pub no_bootstrap: bool,
+    /// Validate the configuration file and exit (0 valid, 2 invalid).
+    #[arg(long)]
+    pub check: bool,
+    /// Log as JSON lines (for journald/Loki) instead of text.
+    #[arg(long)]
+    pub log_json: bool,
 }
 
-pub fn run(_args: DaemonArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`pailot daemon` is not built yet")
+pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
+    let cfg = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(config::Error::Invalid(e)) => {
+            return Err(anyhow::Error::new(e).context("invalid daemon configuration"));
+        }
+        Err(e) => return Err(anyhow::Error::new(e)),
+    };
+    if args.check {
+        println!("{}: valid", args.config.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    init_logging(args.log_json);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cfg.server.listen)
+            .await
+            .with_context(|| format!("failed to listen on {}", cfg.server.listen))?;
+        tracing::info!(listen = %cfg.server.listen, config = %cfg.file.display(), "pailot daemon starting");
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading configuration");
+                let _ = reload_tx.try_send(());
+            }
+        });
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        };
+        let options = crate::daemon::Options { no_bootstrap: args.no_bootstrap };
+        crate::daemon::run(cfg, listener, shutdown, reload_rx, options).await.context("daemon failed")
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PAILOT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,hyper=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::diag::InputError;
+
 #[derive(clap::Args, Debug)]
 pub struct InitArgs {
     /// The paictl quick-start.yaml to convert.
@@ -11,8 +13,38 @@ pub struct InitArgs {
     /// Where to write the Cluster file (default: stdout).
     #[arg(long, short = 'o')]
     pub out: Option<PathBuf>,
+    /// Cluster name (default: the output file's stem, else `pai`, paictl's default cluster-id).
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
-pub fn run(_args: InitArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`pailot init` is not built yet")
+pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
+    let shown = args.from.display().to_string();
+    let text = std::fs::read_to_string(&args.from)
+        .map_err(|e| InputError::new(&shown, format!("cannot read file: {e}")))?;
+    let name = args
+        .name
+        .clone()
+        .or_else(|| {
+            args.out
+                .as_ref()
+                .and_then(|o| o.file_stem())
+                .map(|s| s.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "pai".into());
+    let out = crate::init::convert(&text, &shown, &name)?;
+    for w in &out.warnings {
+        eprintln!("warning: {w}");
+    }
+    match &args.out {
+        Some(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(path, &out.yaml)?;
+            eprintln!("wrote {} (fill in each machine's capacity)", path.display());
+        }
+        None => print!("{}", out.yaml),
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,8 +1,13 @@
 //! `pailot lint`: charts, overlays, clusters.
 
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::ExitCode;
 
-use super::RepoArgs;
+use super::{EXIT_DIFF, RepoArgs};
+use crate::diag::InputError;
+use crate::overlay;
+use crate::render::{RenderRequest, load_inputs, render};
 
 #[derive(clap::Args, Debug)]
 pub struct LintArgs {
@@ -10,6 +15,116 @@ pub struct LintArgs {
     pub repo: RepoArgs,
 }
 
-pub fn run(_args: LintArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`pailot lint` is not built yet")
+/// What lint found: problems (exit 1) and notes (informational).
+#[derive(Debug, Default)]
+pub struct LintReport {
+    pub problems: Vec<InputError>,
+    pub notes: Vec<String>,
+    pub checked: Vec<String>,
+}
+
+fn names_in(dir: &Path, want_dir: bool, ext: Option<&str>) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir() == want_dir)
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            match ext {
+                Some(x) if !n.ends_with(x) => None,
+                _ => Some(n),
+            }
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Lint the repository at `root` with `cluster_file` (the cluster whose overlays charts are checked with).
+pub fn lint(root: &Path, req: &RenderRequest) -> LintReport {
+    let mut r = LintReport::default();
+    // Every chart passes `chart lint`.
+    for c in names_in(&root.join("charts"), true, None) {
+        match crate::chart::lint::lint_chart(root, &root.join("charts").join(&c)) {
+            Ok(p) => r.problems.extend(p),
+            Err(e) => r.problems.push(e),
+        }
+    }
+    r.checked.push("charts".into());
+    // Every overlay parses and its extends resolve.
+    let overlays = names_in(&root.join("overlays"), true, None);
+    for o in &overlays {
+        if !root.join(overlay::overlay_file(o)).is_file() {
+            r.notes
+                .push(format!("overlays/{o}: no overlay.yaml, not an overlay"));
+            continue;
+        }
+        if let Err(e) = overlay::resolve(root, std::slice::from_ref(o), "overlays") {
+            r.problems.push(e);
+        }
+    }
+    // Every chart renders with the cluster's overlay values (patches are checked by the full renders).
+    match load_inputs(req) {
+        Ok(inputs) => {
+            let ctx = inputs.context(None);
+            for chart in inputs.charts.values() {
+                if let Err(e) = inputs.render_chart(chart, &ctx) {
+                    r.problems.push(e);
+                }
+            }
+        }
+        Err(e) => r.problems.push(e),
+    }
+    // Every cluster file renders; collect the overlays they use.
+    let mut used = BTreeSet::new();
+    for f in names_in(&root.join("clusters"), false, Some(".yaml")) {
+        let rel = format!("clusters/{f}");
+        let creq = RenderRequest {
+            repo_root: root.to_path_buf(),
+            cluster_file: rel.clone().into(),
+            overlays: None,
+            revision: None,
+        };
+        if let Err(e) = render(&creq) {
+            r.problems.push(e);
+        }
+        if let Ok(c) = crate::render::load_cluster(&root.join(&rel), &rel)
+            && let Ok(list) = overlay::resolve(root, &c.overlays, &rel)
+        {
+            used.extend(list.into_iter().map(|o| o.name));
+        }
+        r.checked.push(rel);
+    }
+    for o in overlays.iter().filter(|o| !used.contains(*o)) {
+        r.notes.push(format!(
+            "overlays/{o}: not used by any cluster in clusters/"
+        ));
+    }
+    // The same error may come from several renders: report it once.
+    let mut seen = BTreeSet::new();
+    r.problems.retain(|e| seen.insert(e.to_string()));
+    r
+}
+
+pub fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
+    let report = lint(&args.repo.repo, &args.repo.request());
+    for n in &report.notes {
+        println!("note: {n}");
+    }
+    if report.problems.is_empty() {
+        let clusters = report
+            .checked
+            .iter()
+            .filter(|c| c.starts_with("clusters/"))
+            .count();
+        println!("ok: charts, overlays and {clusters} cluster file(s) checked");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &report.problems {
+        println!("problem: {p}");
+    }
+    println!("{} problem(s)", report.problems.len());
+    Ok(ExitCode::from(EXIT_DIFF))
 }

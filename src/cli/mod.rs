@@ -51,7 +51,12 @@ pub struct RepoArgs {
     #[arg(long, default_value = ".", env = "PAILOT_REPO")]
     pub repo: PathBuf,
     /// Cluster file (relative to the repo root or absolute).
-    #[arg(long, short = 'c', default_value = "clusters/single-node.yaml", env = "PAILOT_CLUSTER")]
+    #[arg(
+        long,
+        short = 'c',
+        default_value = "clusters/single-node.yaml",
+        env = "PAILOT_CLUSTER"
+    )]
     pub cluster: PathBuf,
     /// Overlay to apply (repeatable, in order); replaces the cluster file's `overlays` list.
     #[arg(long = "overlay", value_name = "NAME")]
@@ -131,12 +136,17 @@ pub fn report(err: anyhow::Error) -> ExitCode {
     for cause in err.chain().skip(1) {
         eprintln!("  caused by: {cause}");
     }
-    if is_input_error(&err) { ExitCode::from(EXIT_INPUT) } else { ExitCode::from(EXIT_DIFF) }
+    if is_input_error(&err) {
+        ExitCode::from(EXIT_INPUT)
+    } else {
+        ExitCode::from(EXIT_DIFF)
+    }
 }
 
 /// True when any error in the chain is an input error (bad chart, overlay, cluster file, usage).
 pub fn is_input_error(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| e.is::<crate::diag::InputError>() || e.is::<UsageError>())
+    err.chain()
+        .any(|e| e.is::<crate::diag::InputError>() || e.is::<UsageError>())
 }
 
 /// A usage error (bad flag combination, missing argument): exit code 2.

@@ -13,6 +13,24 @@ pub struct SchemaArgs {
     pub check: bool,
 }
 
-pub fn run(_args: SchemaArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`pailot schema` is not built yet")
+pub fn run(args: SchemaArgs) -> anyhow::Result<ExitCode> {
+    if args.check {
+        let stale = crate::schema::stale(&args.out);
+        if stale.is_empty() {
+            println!("{}: schemas are current", args.out.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        for p in &stale {
+            eprintln!(
+                "stale: {} (run `pailot schema --out {}`)",
+                p.display(),
+                args.out.display()
+            );
+        }
+        return Ok(ExitCode::from(super::EXIT_DIFF));
+    }
+    for p in crate::schema::write(&args.out)? {
+        println!("wrote {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }

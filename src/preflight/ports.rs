@@ -8,7 +8,7 @@ use crate::cluster::{Cluster, Machine, Role};
 use crate::manifest::RenderedSet;
 
 /// Annotation marking the `kubernetes` chart's control-plane static pods.
-pub const STATIC_POD_ANNOTATION: &str = "pailot.dev/static-pod";
+pub use crate::manifest::STATIC_POD_ANNOTATION;
 
 /// A TCP port this machine needs, and every reason it does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,11 +62,7 @@ pub fn required_ports(
         let Some(spec) = pod_spec(&id.kind, obj) else {
             continue;
         };
-        let is_static = obj
-            .pointer("/metadata/annotations")
-            .and_then(|a| a.get(STATIC_POD_ANNOTATION))
-            .and_then(Value::as_str)
-            == Some("true");
+        let is_static = crate::manifest::is_static_pod(obj);
         if is_static {
             if !machine.has(Role::K8sMaster) {
                 continue;

@@ -35,7 +35,12 @@ impl From<Output> for Run {
 
 /// Run `pailot ARGS` in `dir`.
 pub fn pailot_in(dir: &Path, args: &[&str]) -> Run {
-    Command::new(pailot_bin()).current_dir(dir).args(args).output().expect("run pailot").into()
+    Command::new(pailot_bin())
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run pailot")
+        .into()
 }
 
 /// Run `pailot ARGS` in the repository root.
@@ -50,7 +55,9 @@ pub struct TempTree {
 
 impl TempTree {
     pub fn new() -> Self {
-        TempTree { dir: tempfile::tempdir().expect("tempdir") }
+        TempTree {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
     pub fn path(&self) -> &Path {
         self.dir.path()
@@ -75,7 +82,12 @@ pub fn assert_text_eq(expected: &str, got: &str, what: &str) {
     for i in 0..e.len().max(g.len()) {
         let (a, b) = (e.get(i).copied(), g.get(i).copied());
         if a != b {
-            msg.push_str(&format!("line {}:\n  expected: {:?}\n  got:      {:?}\n", i + 1, a, b));
+            msg.push_str(&format!(
+                "line {}:\n  expected: {:?}\n  got:      {:?}\n",
+                i + 1,
+                a,
+                b
+            ));
             shown += 1;
             if shown == 10 {
                 break;
