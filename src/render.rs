@@ -122,6 +122,7 @@ impl Inputs {
                 "namespace": self.cluster.namespace,
                 "revision": revision.unwrap_or("local"),
             }),
+            record_origins: true,
         }
     }
 
@@ -170,7 +171,8 @@ pub fn render_with(
     mode: ProvenanceMode,
 ) -> Result<(Cluster, RenderedSet), InputError> {
     let inputs = load_inputs(req)?;
-    let ctx = inputs.context(req.revision.as_deref());
+    let mut ctx = inputs.context(req.revision.as_deref());
+    ctx.record_origins = mode == ProvenanceMode::Record;
     let mut objects: BTreeMap<ObjectId, RenderedObject> = BTreeMap::new();
     let mut histories: BTreeMap<ObjectId, FieldHistory> = BTreeMap::new();
     let mut interner = std::collections::HashSet::new();

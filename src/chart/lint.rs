@@ -74,6 +74,7 @@ pub fn lint_chart(root: &Path, dir: &Path) -> Result<Vec<InputError>, InputError
     let ctx = RenderContext {
         cluster: cluster.template_context(),
         release: json!({"name": cluster.name, "namespace": cluster.namespace, "revision": "local"}),
+        record_origins: true,
     };
     match render_chart(&chart, &merged, &ctx) {
         Ok(docs) => {

@@ -19,6 +19,9 @@ pub struct RenderContext {
     pub cluster: Value,
     /// `{name, namespace, revision}`.
     pub release: Value,
+    /// Compute every leaf's origin (`explain`, drift records). Off for plain `render`, where it
+    /// would be a third of the work and nobody reads it.
+    pub record_origins: bool,
 }
 
 /// One object a template produced, with the origin of every leaf.
@@ -191,7 +194,9 @@ pub fn render_chart(
         }
     }
 
-    let leaf_index = ValuesIndex::build(&values.values);
+    let leaf_index = ctx
+        .record_origins
+        .then(|| ValuesIndex::build(&values.values));
     let mut out = Vec::with_capacity(raw.len());
     let mut kind_seen: HashMap<(&str, String), usize> = HashMap::new();
     for (t, i, mut obj) in raw {
@@ -242,15 +247,20 @@ pub fn render_chart(
             *c += 1;
             *c - 1
         };
-        let mut origins = origins_for(t, &obj, &id.kind, nth, values, &leaf_index);
+        let mut origins = match &leaf_index {
+            Some(index) => origins_for(t, &obj, &id.kind, nth, values, index),
+            None => BTreeMap::new(),
+        };
         // Set by pailot, not by a template line.
         let added = Origin::Template {
             file: t.path.clone(),
             line: None,
         };
-        origins.insert("/metadata/labels/pailot.dev~1chart".into(), added.clone());
-        if defaulted_namespace {
-            origins.insert("/metadata/namespace".into(), added);
+        if leaf_index.is_some() {
+            origins.insert("/metadata/labels/pailot.dev~1chart".into(), added.clone());
+            if defaulted_namespace {
+                origins.insert("/metadata/namespace".into(), added);
+            }
         }
         out.push(RenderedDoc {
             template: t.path.clone(),

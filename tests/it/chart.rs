@@ -25,6 +25,7 @@ fn ctx() -> RenderContext {
     RenderContext {
         cluster: cluster.template_context(),
         release: json!({"name": "demo", "namespace": "pai", "revision": "abc123"}),
+        record_origins: true,
     }
 }
 
