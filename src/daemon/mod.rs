@@ -403,18 +403,19 @@ fn snapshot(st: &ReconcileStatus, drift_mode: &str, s: &mut StatusSnapshot) {
             .or_default()
             .insert(r.object.as_str());
     }
-    s.charts = st
-        .charts
-        .iter()
-        .map(|(name, ready)| {
+    // Charts of the applied revision; readiness is known only when the reconcile waited for health.
+    let names: BTreeSet<&String> = st.charts.keys().chain(st.chart_objects.keys()).collect();
+    s.charts = names
+        .into_iter()
+        .map(|name| {
+            let ready = st.charts.get(name).copied();
             let c = http_server::ChartStatus {
-                result: if *ready {
-                    "applied".into()
-                } else {
-                    "failed".into()
+                result: match ready {
+                    Some(false) => "failed".into(),
+                    _ => "applied".into(),
                 },
-                ready: *ready,
-                objects: 0,
+                ready: ready.unwrap_or(false),
+                objects: st.chart_objects.get(name).copied().unwrap_or(0),
                 drifted: drifted.get(name.as_str()).map_or(0, |s| s.len() as u64),
                 message: None,
             };

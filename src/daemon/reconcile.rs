@@ -322,6 +322,8 @@ pub struct ReconcileStatus {
     pub summary: Option<ApplySummary>,
     /// Readiness per chart after the last apply.
     pub charts: BTreeMap<String, bool>,
+    /// Objects rendered per chart in the applied revision.
+    pub chart_objects: BTreeMap<String, u64>,
     /// Fields found drifted in the last check.
     pub drift: Vec<DriftRecord>,
     /// Unix time of the last drift check.
@@ -744,8 +746,13 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             "reconciled"
         );
         let first_ready = {
+            let mut chart_objects: BTreeMap<String, u64> = BTreeMap::new();
+            for o in set.set.objects.values() {
+                *chart_objects.entry(o.chart.clone()).or_default() += 1;
+            }
             let mut st = self.status.lock().unwrap();
             st.charts = charts;
+            st.chart_objects = chart_objects;
             st.last = Some(LastResult {
                 result: "success".into(),
                 revision: Some(revision),

@@ -131,12 +131,19 @@ async fn commits_land_with_subsecond_latency_and_a_broken_commit_keeps_the_previ
 
     // A broken commit: refused with the file in /status, previous revision stays applied.
     let good_rev = repo.git(&["rev-parse", "HEAD"]);
-    d.wait_status(
-        Duration::from_secs(10),
-        "status of the last good revision",
-        |s| s["revision"] == good_rev.as_str(),
-    )
-    .await;
+    let s = d
+        .wait_status(
+            Duration::from_secs(10),
+            "status of the last good revision",
+            |s| s["revision"] == good_rev.as_str(),
+        )
+        .await;
+    assert!(
+        s["charts"]["web"]["objects"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "per-chart object count in /status: {s:#}"
+    );
     repo.write(
         "charts/web/templates/cm.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web-config\ndata: [unclosed\n",
