@@ -35,7 +35,7 @@ const RESOLVE_BOUND: Duration = Duration::from_secs(35);
 /// `for: 5s` + scrape + evaluation ≈ 8 s.
 const FAILING_BOUND: Duration = Duration::from_secs(25);
 
-fn fixture() -> PathBuf {
+pub(crate) fn fixture() -> PathBuf {
     repo_root().join("tests/fixtures/alerting")
 }
 
@@ -51,7 +51,7 @@ fn need_tool(name: &str) -> PathBuf {
         })
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -104,7 +104,7 @@ impl Drop for Proc {
 }
 
 /// Minimal HTTP/1.0 GET: `(status, body)`, `None` when the server cannot be reached.
-async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
         .ok()?
@@ -176,7 +176,7 @@ fn copy_tree(src: &Path, dst: &Path) {
 }
 
 /// The fixture deployment repository, its cluster file naming `ns`, committed on `main`.
-fn deploy_repo(dir: &Path, ns: &str) -> String {
+pub(crate) fn deploy_repo(dir: &Path, ns: &str) -> String {
     copy_tree(&fixture().join("repo"), dir);
     let tmpl = dir.join("clusters/test.yaml.in");
     let cluster = std::fs::read_to_string(&tmpl)

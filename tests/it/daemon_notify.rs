@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::harness::{pailot_bin, repo_root};
+use crate::alerting_e2e::{deploy_repo, fixture, free_port, http_get};
+use crate::harness::pailot_bin;
 use crate::kube::TestNamespace;
 
 /// `WATCHDOG_USEC` given to the daemon: 2 s, so it pings every 1 s.
@@ -27,68 +27,6 @@ const WATCHDOG_USEC: u64 = 2_000_000;
 const MAX_PING_GAP: Duration = Duration::from_millis(1500);
 /// How long pings are collected after `READY=1`.
 const PING_WINDOW: Duration = Duration::from_secs(5);
-
-fn fixture() -> PathBuf {
-    repo_root().join("tests/fixtures/alerting")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "user.name=pailot-test",
-            "-c",
-            "user.email=test@pailot.invalid",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn copy_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), to).unwrap();
-        }
-    }
-}
-
-/// The fixture deployment repository with its cluster file naming `ns`, committed on `main`.
-fn deploy_repo(dir: &Path, ns: &str) -> String {
-    copy_tree(&fixture().join("repo"), dir);
-    let tmpl = dir.join("clusters/test.yaml.in");
-    let cluster = std::fs::read_to_string(&tmpl)
-        .unwrap()
-        .replace("@NAMESPACE@", ns);
-    std::fs::remove_file(&tmpl).unwrap();
-    std::fs::write(dir.join("clusters/test.yaml"), cluster).unwrap();
-    git(dir, &["init", "-q", "-b", "main"]);
-    git(dir, &["add", "-A"]);
-    git(dir, &["commit", "-q", "-m", "web: Deployment + ConfigMap"]);
-    git(dir, &["rev-parse", "HEAD"])
-}
 
 /// The daemon, killed on drop; its output goes to a log file shown on failure.
 struct Daemon {
@@ -179,27 +117,6 @@ impl Drop for NotifySocket {
         }
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-/// Minimal HTTP/1.0 GET: `(status, body)`, `None` when the server cannot be reached.
-async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
-    let req = format!(
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
 }
 
 /// Both fixture objects exist in the namespace.
