@@ -285,11 +285,7 @@ pub fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         },
         ..Default::default()
     };
-    let progress = if args.output == ReportFormat::Json {
-        Progress::quiet()
-    } else {
-        Progress::for_terminal()
-    };
+    let progress = progress_for(args.output);
     let report = runtime()?.block_on(async {
         let server = connect(args.cluster.kubeconfig.as_deref()).await?;
         apply::apply(&server, &set, &inv, &config, &progress)
@@ -339,11 +335,7 @@ pub fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
 pub fn run_uninstall(args: UninstallArgs) -> anyhow::Result<ExitCode> {
     let (cluster, set) = render(&args.repo.request())?;
     let inv = Inventory::for_cluster(&cluster.name, &args.cluster.inventory_namespace);
-    let progress = if args.output == ReportFormat::Json {
-        Progress::quiet()
-    } else {
-        Progress::for_terminal()
-    };
+    let progress = progress_for(args.output);
     let report = runtime()?.block_on(async {
         let server = connect(args.cluster.kubeconfig.as_deref()).await?;
         apply::uninstall(
@@ -397,5 +389,14 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("").is_err());
+    }
+}
+
+/// The progress view for a command: quiet when the output is JSON for a program.
+fn progress_for(output: ReportFormat) -> Progress {
+    if output == ReportFormat::Json {
+        Progress::quiet()
+    } else {
+        Progress::for_terminal()
     }
 }
