@@ -160,17 +160,15 @@ pub fn load_chart(repo_root: &Path, dir: &Path) -> Result<Chart, InputError> {
         let rendered = !name.contains('/')
             && !base.starts_with('_')
             && RENDERED_EXTENSIONS.iter().any(|e| base.ends_with(e));
-        let index = TemplateIndex::build(&source);
-        env.add_template_owned(name.clone(), source)
+        let source: Arc<str> = Arc::from(source);
+        env.add_template_owned(name.clone(), source.to_string())
             .map_err(|e| super::render::template_error(&rel_dir, &e, None))?;
         templates.push(TemplateFile {
             name,
             path,
             rendered,
-            key_lines: index.key_lines,
-            line_refs: index.line_refs,
-            separators: index.separators,
-            kind_lines: index.kind_lines,
+            source,
+            index: std::sync::OnceLock::new(),
         });
     }
 
@@ -224,15 +222,20 @@ fn walk_files(
 }
 
 /// Cheap per-template line index for provenance.
-struct TemplateIndex {
-    key_lines: HashMap<String, Vec<usize>>,
-    line_refs: Vec<Vec<String>>,
-    separators: Vec<usize>,
-    kind_lines: Vec<(usize, String)>,
+#[derive(Clone, Debug)]
+pub(crate) struct TemplateIndex {
+    /// YAML key -> 1-based lines where `key:` appears.
+    pub(crate) key_lines: HashMap<String, Vec<usize>>,
+    /// Per 1-based line (index 0 unused): dotted references inside `{{ }}`/`{% %}` on that line.
+    pub(crate) line_refs: Vec<Vec<String>>,
+    /// 1-based lines that start a YAML document (`---`).
+    pub(crate) separators: Vec<usize>,
+    /// 1-based lines holding a `kind:` key, with the line text.
+    pub(crate) kind_lines: Vec<(usize, String)>,
 }
 
 impl TemplateIndex {
-    fn build(source: &str) -> Self {
+    pub(crate) fn build(source: &str) -> Self {
         let mut key_lines: HashMap<String, Vec<usize>> = HashMap::new();
         let mut line_refs = vec![Vec::new()];
         let mut separators = Vec::new();

@@ -1,5 +1,7 @@
 //! Charts: `Chart.yaml` + `values.yaml` + `values.schema.json` + `templates/` + `files/`, loaded and rendered.
 
+pub mod emit;
+pub mod fastyaml;
 pub mod filters;
 pub mod lint;
 pub mod load;
@@ -62,14 +64,17 @@ pub struct TemplateFile {
     pub path: String,
     /// True when rendered on its own (not a `_` partial, and a YAML template extension).
     pub rendered: bool,
-    /// Line index used for provenance: YAML key -> 1-based lines where `key:` appears.
-    pub(crate) key_lines: std::collections::HashMap<String, Vec<usize>>,
-    /// Per 1-based line (index 0 unused): dotted references inside `{{ }}`/`{% %}` on that line.
-    pub(crate) line_refs: Vec<Vec<String>>,
-    /// 1-based lines that start a YAML document (`---`).
-    pub(crate) separators: Vec<usize>,
-    /// 1-based lines holding a `kind:` key, with the line text.
-    pub(crate) kind_lines: Vec<(usize, String)>,
+    /// The template source, indexed for provenance only when a render records origins.
+    pub(crate) source: std::sync::Arc<str>,
+    pub(crate) index: std::sync::OnceLock<load::TemplateIndex>,
+}
+
+impl TemplateFile {
+    /// The line index provenance uses (built on first use: plain renders never pay for it).
+    pub(crate) fn index(&self) -> &load::TemplateIndex {
+        self.index
+            .get_or_init(|| load::TemplateIndex::build(&self.source))
+    }
 }
 
 /// A loaded chart, ready to render.

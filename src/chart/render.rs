@@ -372,28 +372,29 @@ fn origins_for(
     values: &MergedValues,
     index: &ValuesIndex,
 ) -> BTreeMap<String, Origin> {
+    let ti = t.index();
     // Block of template lines this document most likely comes from.
-    let candidates: Vec<usize> = t
+    let candidates: Vec<usize> = ti
         .kind_lines
         .iter()
         .filter(|(_, l)| l.contains(kind))
         .map(|(n, _)| *n)
         .collect();
     let kind_line = if candidates.is_empty() {
-        t.kind_lines.first().map(|(n, _)| *n)
+        ti.kind_lines.first().map(|(n, _)| *n)
     } else {
         Some(candidates[nth.min(candidates.len() - 1)])
     };
     let (start, end) = match kind_line {
         Some(k) => {
-            let s = t
+            let s = ti
                 .separators
                 .iter()
                 .rev()
                 .find(|&&s| s < k)
                 .copied()
                 .unwrap_or(0);
-            let e = t
+            let e = ti
                 .separators
                 .iter()
                 .find(|&&s| s > k)
@@ -417,7 +418,7 @@ fn origins_for(
                 if seg.parse::<usize>().is_ok() {
                     continue;
                 }
-                let Some(lines) = t.key_lines.get(seg.as_str()) else {
+                let Some(lines) = ti.key_lines.get(seg.as_str()) else {
                     break;
                 };
                 let pos = lines.partition_point(|&l| l < cursor.max(1));
@@ -450,7 +451,7 @@ fn values_origin(
     values: &MergedValues,
     index: &ValuesIndex,
 ) -> Option<Origin> {
-    let refs = t.line_refs.get(line)?;
+    let refs = t.index().line_refs.get(line)?;
     for r in refs {
         let path = r.strip_prefix("values.").unwrap_or(r);
         if path == "values" {

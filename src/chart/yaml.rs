@@ -18,6 +18,10 @@ pub fn options() -> serde_saphyr::Options {
 ///
 /// The error names `file` and the line/column serde-saphyr reports.
 pub fn parse_yaml_documents(text: &str, file: &str) -> Result<Vec<Value>, InputError> {
+    // The common subset is read directly; anything else (and every error) goes to serde-saphyr.
+    if let Some(docs) = super::fastyaml::parse_stream(text) {
+        return Ok(docs);
+    }
     match serde_saphyr::from_multiple_with_options::<Value>(text, options()) {
         Ok(docs) => Ok(docs.into_iter().filter(|d| !d.is_null()).collect()),
         Err(err) => Err(yaml_error(file, &err)),
@@ -67,11 +71,7 @@ pub fn yaml_error(file: &str, err: &serde_saphyr::Error) -> InputError {
 /// Emit `v` as block YAML (strings like `"yes"`, `"on"`, `"0644"` are quoted, so YAML 1.1
 /// readers see the same values).
 pub fn to_yaml_string(v: &Value) -> String {
-    match serde_saphyr::to_string(v) {
-        Ok(s) => s,
-        // Only non-string map keys can fail, and serde_json::Value has none.
-        Err(err) => format!("# unserializable: {err}\n"),
-    }
+    super::emit::to_yaml_string(v)
 }
 
 #[cfg(test)]
