@@ -30,6 +30,7 @@ pub mod init;
 pub mod inventory;
 pub mod metrics;
 pub mod overlay;
+pub mod par;
 pub mod preflight;
 pub mod render;
 pub mod schema;

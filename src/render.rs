@@ -176,9 +176,12 @@ pub fn render_with(
     let mut objects: BTreeMap<ObjectId, RenderedObject> = BTreeMap::new();
     let mut histories: BTreeMap<ObjectId, FieldHistory> = BTreeMap::new();
     let mut interner = std::collections::HashSet::new();
-    for name in &inputs.selected {
-        let chart = &inputs.charts[name];
-        for doc in inputs.render_chart(chart, &ctx)? {
+    let names: Vec<&String> = inputs.selected.iter().collect();
+    let rendered = crate::par::map(&names, |name| {
+        inputs.render_chart(&inputs.charts[name.as_str()], &ctx)
+    });
+    for (name, docs) in names.into_iter().zip(rendered) {
+        for doc in docs? {
             let id = ObjectId::of(&doc.object).map_err(|e| {
                 InputError::new(&doc.template, format!("not a Kubernetes object: {e}"))
             })?;
@@ -384,12 +387,28 @@ pub fn to_yaml_stream(set: &RenderedSet) -> String {
 
 /// Write the YAML stream of `set` to `w` document by document (no whole-output buffer).
 pub fn write_yaml_stream(set: &RenderedSet, w: &mut dyn std::io::Write) -> std::io::Result<()> {
-    for (_, ro) in ordered(set) {
-        let y = chart::to_yaml_string(&ro.object);
-        let body = y.strip_prefix("---\n").unwrap_or(&y);
-        write!(w, "---\n# Source: {}\n{body}", ro.template)?;
-        if !body.ends_with('\n') {
-            w.write_all(b"\n")?;
+    // Objects are emitted in parallel chunks, a bounded window at a time, and written in order.
+    const CHUNK: usize = 64;
+    const WINDOW: usize = 16 * CHUNK;
+    let objects = ordered(set);
+    for window in objects.chunks(WINDOW) {
+        let chunks: Vec<_> = window.chunks(CHUNK).collect();
+        for text in crate::par::map(&chunks, |chunk| {
+            let mut out = String::new();
+            for (_, ro) in chunk.iter() {
+                let y = chart::to_yaml_string(&ro.object);
+                let body = y.strip_prefix("---\n").unwrap_or(&y);
+                out.push_str("---\n# Source: ");
+                out.push_str(&ro.template);
+                out.push('\n');
+                out.push_str(body);
+                if !body.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            out
+        }) {
+            w.write_all(text.as_bytes())?;
         }
     }
     Ok(())

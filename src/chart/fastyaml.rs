@@ -18,6 +18,58 @@ use serde_json::{Map, Number, Value};
 /// Parse a YAML stream into its non-null documents, or `None` when the text is outside the
 /// subset this reader is sure about (the caller then uses serde-saphyr).
 pub fn parse_stream(text: &str) -> Option<Vec<Value>> {
+    parse(text, None)
+}
+
+/// 1-based start lines of sequence items, by JSON pointer (`/patches/3`, `/patches/3/ops/0`),
+/// for the items no deeper than the depth asked for: the lines serde-saphyr's `Spanned`
+/// reports for the same items.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ItemLines(pub std::collections::HashMap<String, usize>);
+
+impl ItemLines {
+    pub fn get(&self, pointer: &str) -> Option<usize> {
+        self.0.get(pointer).copied()
+    }
+}
+
+/// Parse a single-document YAML text (an empty text is `null`) and record where the sequence
+/// items whose pointer has at most `max_depth` segments start; `None` as for [`parse_stream`].
+pub fn parse_document_with_lines(text: &str, max_depth: usize) -> Option<(Value, ItemLines)> {
+    let mut rec = Recorder {
+        max_depth,
+        ..Recorder::default()
+    };
+    let mut docs = parse(text, Some(&mut rec))?;
+    let v = match docs.len() {
+        0 => Value::Null,
+        1 => docs.remove(0),
+        _ => return None,
+    };
+    Some((v, ItemLines(rec.lines)))
+}
+
+#[derive(Default)]
+struct Recorder {
+    max_depth: usize,
+    path: Vec<String>,
+    lines: std::collections::HashMap<String, usize>,
+    counted_to: usize,
+    line: usize,
+}
+
+impl Recorder {
+    fn pointer(&self) -> String {
+        let mut p = String::new();
+        for seg in &self.path {
+            p.push('/');
+            p.push_str(&seg.replace('~', "~0").replace('/', "~1"));
+        }
+        p
+    }
+}
+
+fn parse(text: &str, rec: Option<&mut Recorder>) -> Option<Vec<Value>> {
     if !plain_characters(text) {
         return None;
     }
@@ -26,6 +78,7 @@ pub fn parse_stream(text: &str) -> Option<Vec<Value>> {
         src: text,
         pos: 0,
         depth: 0,
+        rec,
     };
     let mut docs = Vec::new();
     loop {
@@ -76,14 +129,43 @@ const MAX_DEPTH: usize = 128;
 /// YAML's limit for implicit keys.
 const MAX_KEY: usize = 1024;
 
-struct Reader<'a> {
+struct Reader<'a, 'r> {
     s: &'a [u8],
     src: &'a str,
     pos: usize,
     depth: usize,
+    rec: Option<&'r mut Recorder>,
 }
 
-impl<'a> Reader<'a> {
+impl<'a> Reader<'a, '_> {
+    /// Whether paths are being tracked at the current depth.
+    fn tracking(&self) -> bool {
+        self.rec
+            .as_ref()
+            .is_some_and(|r| r.path.len() < r.max_depth)
+    }
+
+    /// Enter item/key `seg`; for an item, record its start line (at `pos`).
+    fn push(&mut self, seg: String, item: bool) {
+        let pos = self.pos;
+        let s = self.s;
+        if let Some(r) = self.rec.as_deref_mut() {
+            r.path.push(seg);
+            if item {
+                r.line += s[r.counted_to..pos].iter().filter(|&&b| b == b'\n').count();
+                r.counted_to = pos;
+                let ptr = r.pointer();
+                r.lines.insert(ptr, r.line + 1);
+            }
+        }
+    }
+
+    fn pop(&mut self) {
+        if let Some(r) = self.rec.as_deref_mut() {
+            r.path.pop();
+        }
+    }
+
     fn peek(&self) -> Option<u8> {
         self.s.get(self.pos).copied()
     }
@@ -204,13 +286,19 @@ impl<'a> Reader<'a> {
         let mut map = Map::new();
         loop {
             let (key, after) = self.scan_key()??;
-            if map.contains_key(&key) {
-                return None;
-            }
             self.pos = after;
             self.skip_spaces()?;
+            let track = self.tracking();
+            if track {
+                self.push(key.clone(), false);
+            }
             let v = self.map_value(col)?;
-            map.insert(key, v);
+            if track {
+                self.pop();
+            }
+            if map.insert(key, v).is_some() {
+                return None; // a duplicate key: serde-saphyr decides
+            }
             let ind = self.next_content_line()?;
             if ind == col as i64 {
                 self.pos += col;
@@ -259,14 +347,14 @@ impl<'a> Reader<'a> {
                     let ind = self.next_content_line()?;
                     if ind > col as i64 {
                         self.pos += ind as usize;
-                        self.node_at(ind as usize, col as i64)?
+                        self.seq_item(items.len(), |r| r.node_at(ind as usize, col as i64))?
                     } else {
                         Value::Null
                     }
                 }
                 _ => {
                     let c = col + 1 + spaces;
-                    self.node_at(c, col as i64)?
+                    self.seq_item(items.len(), |r| r.node_at(c, col as i64))?
                 }
             };
             items.push(item);
@@ -280,6 +368,17 @@ impl<'a> Reader<'a> {
             }
             return Some(Value::Array(items));
         }
+    }
+
+    /// Item `i` of a sequence, starting at `pos`, with its line recorded when tracking.
+    fn seq_item(&mut self, i: usize, f: impl FnOnce(&mut Self) -> Option<Value>) -> Option<Value> {
+        if !self.tracking() {
+            return f(self);
+        }
+        self.push(i.to_string(), true);
+        let v = f(self);
+        self.pop();
+        v
     }
 
     /// A value that starts on this line and is not a block collection: a flow collection, a
@@ -313,6 +412,7 @@ impl<'a> Reader<'a> {
                     src: self.src,
                     pos: start,
                     depth: self.depth,
+                    rec: None,
                 };
                 let key = if self.s[start] == b'"' {
                     r.double_quoted()?
@@ -649,11 +749,20 @@ impl<'a> Reader<'a> {
                 return None;
             }
             self.flow_ws(parent)?;
-            if map.contains_key(&key) || matches!(self.peek()?, b',' | b'}') {
+            if matches!(self.peek()?, b',' | b'}') {
                 return None;
             }
+            let track = self.tracking();
+            if track {
+                self.push(key.clone(), false);
+            }
             let v = self.flow_node(parent)?;
-            map.insert(key, v);
+            if track {
+                self.pop();
+            }
+            if map.insert(key, v).is_some() {
+                return None;
+            }
             self.flow_ws(parent)?;
             match self.peek()? {
                 b',' => {
@@ -685,7 +794,8 @@ impl<'a> Reader<'a> {
             if matches!(self.peek()?, b',' | b']') {
                 return None;
             }
-            items.push(self.flow_node(parent)?);
+            let item = self.seq_item(items.len(), |r| r.flow_node(parent))?;
+            items.push(item);
             self.flow_ws(parent)?;
             match self.peek()? {
                 b',' => {
@@ -1065,6 +1175,40 @@ data:
             block.push_str("a:\n");
         }
         assert_eq!(parse_stream(&block), None);
+    }
+
+    #[test]
+    fn item_lines_match_serde_saphyr_spans() {
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            patches: Vec<serde_saphyr::Spanned<Patch>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Patch {
+            ops: Vec<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
+        }
+        for text in [
+            "patches:\n- target: {kind: A}\n  ops:\n  - op: add\n  -\n    op: remove\n# c\n- ops: [{op: a},\n    {op: b}]\n",
+            "{\n \"patches\": [\n  {\n   \"ops\": [\n    {\"op\": \"a\"},\n    {\"op\": \"b\"}\n   ]\n  },\n  {\"ops\": []}\n ]\n}\n",
+            "patches:\n  - ops:\n      - op: a\n\n      - op: b\n",
+        ] {
+            let (_, lines) = parse_document_with_lines(text, 4).expect(text);
+            let doc: Doc = serde_saphyr::from_str(text).unwrap();
+            for (pi, p) in doc.patches.iter().enumerate() {
+                assert_eq!(
+                    lines.get(&format!("/patches/{pi}")),
+                    Some(p.referenced.line() as usize),
+                    "{text}"
+                );
+                for (oi, o) in p.value.ops.iter().enumerate() {
+                    assert_eq!(
+                        lines.get(&format!("/patches/{pi}/ops/{oi}")),
+                        Some(o.referenced.line() as usize),
+                        "{text}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -32,8 +32,8 @@ pub fn load_charts(repo_root: &Path) -> Result<BTreeMap<String, Chart>, InputErr
         .filter(|p| p.join("Chart.yaml").is_file())
         .collect();
     dirs.sort();
-    for dir in dirs {
-        let chart = load_chart(repo_root, &dir)?;
+    for chart in crate::par::map(&dirs, |dir| load_chart(repo_root, dir)) {
+        let chart = chart?;
         out.insert(chart.meta.name.clone(), chart);
     }
     Ok(out)

@@ -189,6 +189,22 @@ pub struct LoadedOp {
     pub origin: Arc<Origin>,
 }
 
+/// Start lines of the sequence items of an overlay or patch file, by JSON pointer.
+enum ItemLines {
+    Fast(crate::chart::fastyaml::ItemLines),
+    /// From serde-saphyr's spans: `/patches/N` and `/patches/N/ops/M` (or `/N` for a patch file).
+    Spans(std::collections::HashMap<String, usize>),
+}
+
+impl ItemLines {
+    fn get(&self, pointer: &str) -> Option<usize> {
+        match self {
+            ItemLines::Fast(l) => l.get(pointer),
+            ItemLines::Spans(m) => m.get(pointer).copied(),
+        }
+    }
+}
+
 /// Lines of patches and ops, read in a second, lenient pass over the same text.
 #[derive(Deserialize, Default)]
 struct PatchLines {
@@ -200,6 +216,56 @@ struct PatchLines {
 struct OpLines {
     #[serde(default)]
     ops: Vec<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
+}
+
+/// Parse `text` into `T` with the start lines of its sequence items (pointers of at most
+/// `depth` segments). The fast reader and `serde_json` take the common case; anything they
+/// decline or reject goes through serde-saphyr, which also positions every error.
+fn parse_with_lines<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+    depth: usize,
+) -> Result<(T, ItemLines), InputError> {
+    if let Some((v, lines)) = crate::chart::fastyaml::parse_document_with_lines(text, depth)
+        && let Ok(t) = serde_json::from_value::<T>(v)
+    {
+        return Ok((t, ItemLines::Fast(lines)));
+    }
+    parse_with_spans(text, file, depth)
+}
+
+/// [`parse_with_lines`] through serde-saphyr only.
+fn parse_with_spans<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+    depth: usize,
+) -> Result<(T, ItemLines), InputError> {
+    let t: T = parse_yaml(text, file)?;
+    let mut spans = std::collections::HashMap::new();
+    let ok = |l: usize| (l > 0).then_some(l);
+    if depth == 1 {
+        let items: Vec<serde_saphyr::Spanned<serde::de::IgnoredAny>> =
+            serde_saphyr::from_str_with_options(text, yaml_options()).unwrap_or_default();
+        for (i, s) in items.iter().enumerate() {
+            if let Some(l) = ok(s.referenced.line() as usize) {
+                spans.insert(format!("/{i}"), l);
+            }
+        }
+    } else {
+        let lines: PatchLines =
+            serde_saphyr::from_str_with_options(text, yaml_options()).unwrap_or_default();
+        for (pi, p) in lines.patches.iter().enumerate() {
+            if let Some(l) = ok(p.referenced.line() as usize) {
+                spans.insert(format!("/patches/{pi}"), l);
+            }
+            for (oi, o) in p.value.ops.iter().enumerate() {
+                if let Some(l) = ok(o.referenced.line() as usize) {
+                    spans.insert(format!("/patches/{pi}/ops/{oi}"), l);
+                }
+            }
+        }
+    }
+    Ok((t, ItemLines::Spans(spans)))
 }
 
 fn yaml_options() -> serde_saphyr::Options {
@@ -239,7 +305,7 @@ pub fn load_overlay(repo_root: &Path, name: &str) -> Result<LoadedOverlay, Input
     let file = overlay_file(name);
     let text = std::fs::read_to_string(repo_root.join(&file))
         .map_err(|e| InputError::new(&file, format!("cannot read overlay: {e}")))?;
-    let overlay: Overlay = parse_yaml(&text, &file)?;
+    let (overlay, lines) = parse_with_lines::<Overlay>(&text, &file, 4)?;
     if overlay.api_version != OVERLAY_API_VERSION {
         return Err(InputError::new(
             &file,
@@ -257,14 +323,9 @@ pub fn load_overlay(repo_root: &Path, name: &str) -> Result<LoadedOverlay, Input
         )
         .place("kind"));
     }
-    let lines: PatchLines =
-        serde_saphyr::from_str_with_options(&text, yaml_options()).unwrap_or_default();
     let mut patches = Vec::with_capacity(overlay.patches.len());
     for (pi, p) in overlay.patches.iter().enumerate() {
-        let spanned = lines.patches.get(pi);
-        let line = spanned
-            .map(|s| s.referenced.line() as usize)
-            .filter(|&l| l > 0);
+        let line = lines.get(&format!("/patches/{pi}"));
         let at = |e: InputError| match line {
             Some(l) => e.at(l, 1),
             None => e,
@@ -277,12 +338,7 @@ pub fn load_overlay(repo_root: &Path, name: &str) -> Result<LoadedOverlay, Input
             match (&p.ops, &p.file) {
                 (Some(ops), None) => {
                     let op_lines = (0..ops.len())
-                        .map(|oi| {
-                            spanned
-                                .and_then(|s| s.value.ops.get(oi))
-                                .map(|s| s.referenced.line() as usize)
-                                .filter(|&l| l > 0)
-                        })
+                        .map(|oi| lines.get(&format!("/patches/{pi}/ops/{oi}")))
                         .collect();
                     (file.clone(), ops.clone(), op_lines)
                 }
@@ -374,16 +430,9 @@ fn load_patch_file(
         )
         .place(format!("patch {pi} file"))
     })?;
-    let ops: Vec<PatchOp> = parse_yaml(&text, &ops_file)?;
-    let lines: Vec<serde_saphyr::Spanned<serde::de::IgnoredAny>> =
-        serde_saphyr::from_str_with_options(&text, yaml_options()).unwrap_or_default();
+    let (ops, lines) = parse_with_lines::<Vec<PatchOp>>(&text, &ops_file, 1)?;
     let op_lines = (0..ops.len())
-        .map(|i| {
-            lines
-                .get(i)
-                .map(|s| s.referenced.line() as usize)
-                .filter(|&l| l > 0)
-        })
+        .map(|i| lines.get(&format!("/{i}")))
         .collect();
     Ok((ops_file, ops, op_lines))
 }
@@ -743,6 +792,77 @@ pub fn describe_target(t: &Target) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every overlay and patch file in the repository and the fixtures reads the same through
+    /// the fast path as through serde-saphyr: same value, same item lines.
+    #[test]
+    fn fast_and_serde_saphyr_overlay_reads_agree() {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "yaml")
+                    && p.components().any(|c| c.as_os_str() == "overlays")
+                {
+                    out.push(p);
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = Vec::new();
+        walk(&root.join("overlays"), &mut files);
+        walk(&root.join("tests/fixtures"), &mut files);
+        assert!(files.len() > 20, "{files:?}");
+        let mut fast = 0;
+        for f in &files {
+            let text = std::fs::read_to_string(f).unwrap();
+            let name = f.display().to_string();
+            let (depth, lines_of): (usize, fn(&Value) -> Vec<String>) = if name
+                .ends_with("overlay.yaml")
+            {
+                (4, |v| {
+                    let mut out = Vec::new();
+                    for (pi, p) in v
+                        .get("patches")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .enumerate()
+                    {
+                        out.push(format!("/patches/{pi}"));
+                        for oi in 0..p.get("ops").and_then(Value::as_array).map_or(0, Vec::len) {
+                            out.push(format!("/patches/{pi}/ops/{oi}"));
+                        }
+                    }
+                    out
+                })
+            } else {
+                (1, |v| {
+                    (0..v.as_array().map_or(0, Vec::len))
+                        .map(|i| format!("/{i}"))
+                        .collect()
+                })
+            };
+            let slow = parse_with_spans::<Value>(&text, &name, depth);
+            let Some((v, lines)) = crate::chart::fastyaml::parse_document_with_lines(&text, depth)
+            else {
+                continue;
+            };
+            fast += 1;
+            let (sv, slines) =
+                slow.unwrap_or_else(|e| panic!("{name}: fast read it, serde-saphyr did not: {e}"));
+            assert_eq!(v, sv, "{name}");
+            for ptr in lines_of(&v) {
+                assert_eq!(lines.get(&ptr), slines.get(&ptr), "{name} {ptr}");
+            }
+        }
+        assert!(
+            fast * 2 > files.len(),
+            "only {fast} of {} files took the fast path",
+            files.len()
+        );
+    }
     use serde_json::json;
 
     fn write(root: &Path, rel: &str, text: &str) {
