@@ -1282,7 +1282,7 @@ data:
             (-1.0e6f64..1.0e6).prop_map(|f| json!(f)),
             "[ -~]{0,12}".prop_map(Value::String),
             "(yes|no|on|0644|1Gi|10\\.0\\.0\\.1|a: b|- x|#c|'q'|\"d\"|\\|)"
-                .prop_map(|s| Value::String(s)),
+                .prop_map(Value::String),
             "[a-z ]{0,5}\n[a-z ]{0,5}\n?".prop_map(Value::String),
         ];
         leaf.prop_recursive(4, 48, 6, |inner| {
