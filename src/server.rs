@@ -64,8 +64,10 @@ pub trait WebhookHandler: Send + Sync {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct ReconcileStatus {
-    /// `success` or `failure`.
+    /// `success`, `failure`, or `stopped` (shutdown during the apply; the revision was not applied).
     pub result: String,
+    /// What started it: `startup`, `watch`, `poll`, `webhook`, `reload`, `drift`, `retry` (backoff), `activated`.
+    pub trigger: Option<String>,
     /// Revision the reconcile worked on.
     pub revision: Option<String>,
     /// Unix seconds.
@@ -115,6 +117,8 @@ pub struct DriftRecord {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct StatusError {
+    /// Why (the `reason` label of `pailot_reconcile_failures_total`: `api_unreachable`, `invalid_input`, ...).
+    pub reason: Option<String>,
     /// Reconcile stage (`fetch`, `render`, `apply`, ...).
     pub stage: String,
     pub message: String,
@@ -130,6 +134,7 @@ impl StatusError {
     /// An error of `stage` from an input error, keeping its file and position.
     pub fn from_input(stage: &str, e: &crate::diag::InputError) -> Self {
         StatusError {
+            reason: None,
             stage: stage.to_string(),
             message: e.message.clone(),
             file: Some(e.file.display().to_string()),
@@ -161,6 +166,22 @@ pub struct StatusSnapshot {
     /// Unix seconds of the next scheduled wake-up (poll or drift sweep).
     pub next_wakeup: Option<f64>,
     pub errors: Vec<StatusError>,
+    /// How new commits are noticed.
+    pub source: Option<SourceStatus>,
+}
+
+/// How the daemon notices new commits, and what triggered reconciles so far.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SourceStatus {
+    /// `refs`: an inotify watch on the local repository's refs (plus polling); `off`: polling only
+    /// (`source.watch: off`); `remote`: polling only (a remote cannot be watched); `failed`: the watch
+    /// could not start, polling only.
+    pub watch: String,
+    /// Poll interval in seconds (before jitter).
+    pub poll_interval_seconds: f64,
+    /// Triggers received since start, by kind (`watch`, `poll`, `webhook`, `drift`, `reload`).
+    pub triggers: BTreeMap<String, u64>,
 }
 
 /// Everything the server reads: metrics, the status snapshot, readiness, the webhook handler.

@@ -5,6 +5,10 @@
 //! re-run discovery → `*Class` kinds → charts along the `dependsOn` graph (at most `Config::concurrency` at once; with
 //! `wait`, a chart starts once its dependencies are healthy) → prune → parent rewritten with what is left.
 //! Each object: GET live; absent: apply; present: SSA dry-run, compare normalized, apply only when different.
+//!
+//! Stopping: `Config::stop` is checked before each object, chart, stage and deletion. Once it is set, objects
+//! already in flight finish, nothing new starts, health waits are abandoned, prune is skipped, and `apply`
+//! returns a report with `stopped: true` (not an error).
 
 pub mod diff;
 pub mod health;
@@ -16,12 +20,14 @@ pub mod ssa;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde::Serialize;
 use serde_json::Value;
+use tokio::sync::watch;
 
 use crate::FIELD_MANAGER;
 use crate::inventory::{self, GroupKind, Inventory};
@@ -63,6 +69,83 @@ fn server_err(stage: &'static str) -> impl Fn(ssa::Error) -> Error {
     }
 }
 
+/// A cooperative stop request for an apply (SIGTERM in the daemon, Ctrl-C in `pailot apply`).
+///
+/// The default never stops. The apply checks it between objects and stages; objects in flight finish.
+#[derive(Clone, Debug, Default)]
+pub struct Stop(Option<watch::Receiver<bool>>);
+
+impl Stop {
+    /// A stop that is never requested.
+    pub fn never() -> Self {
+        Stop(None)
+    }
+
+    /// Requested once `rx` holds `true`.
+    pub fn from_watch(rx: watch::Receiver<bool>) -> Self {
+        Stop(Some(rx))
+    }
+
+    /// A stop and the sender that requests it (`send(true)`).
+    pub fn channel() -> (watch::Sender<bool>, Stop) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Stop(Some(rx)))
+    }
+
+    /// True once a stop was requested.
+    pub fn requested(&self) -> bool {
+        self.0.as_ref().is_some_and(|rx| *rx.borrow())
+    }
+
+    /// Completes once a stop is requested (never, for `Stop::never()` or when the sender is gone unset).
+    pub async fn wait(&self) {
+        let Some(rx) = &self.0 else {
+            return std::future::pending().await;
+        };
+        let mut rx = rx.clone();
+        loop {
+            if *rx.borrow_and_update() {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+/// Why no further object starts: a stop request, or a transient failure (the API server or the network
+/// failed: the remaining objects would fail the same way, so the apply ends and the caller retries it whole).
+struct Halt<'a> {
+    stop: &'a Stop,
+    transient: AtomicBool,
+}
+
+impl<'a> Halt<'a> {
+    fn new(stop: &'a Stop) -> Self {
+        Halt {
+            stop,
+            transient: AtomicBool::new(false),
+        }
+    }
+
+    fn halted(&self) -> bool {
+        self.stop.requested() || self.transient.load(Ordering::Relaxed)
+    }
+
+    /// Why, for a chart that did not start or finish.
+    fn why(&self) -> (ChartState, &'static str) {
+        if self.stop.requested() {
+            (ChartState::Stopped, "stop requested")
+        } else {
+            (
+                ChartState::Blocked,
+                "the API server is unreachable (an object failed for a transient reason)",
+            )
+        }
+    }
+}
+
 /// How to apply.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -81,6 +164,8 @@ pub struct Config {
     /// Only compute: SSA dry-runs, no writes (`pailot diff`).
     pub dry_run: bool,
     pub prune_limits: prune::Config,
+    /// Stop between objects when requested.
+    pub stop: Stop,
 }
 
 impl Default for Config {
@@ -94,6 +179,7 @@ impl Default for Config {
             object_concurrency: 16,
             dry_run: false,
             prune_limits: prune::Config::default(),
+            stop: Stop::never(),
         }
     }
 }
@@ -138,6 +224,9 @@ pub struct ObjectReport {
     /// Field differences (diff only; Secret values masked).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<FieldChange>,
+    /// A failure of the API server or the network (retry later), not of the object.
+    #[serde(skip)]
+    pub transient: bool,
 }
 
 /// One chart in the report, with the times it started and became healthy (ms since the Unix epoch).
@@ -170,12 +259,34 @@ pub struct ApplyReport {
     /// Every failure, each naming the object or chart.
     pub errors: Vec<String>,
     pub counts: BTreeMap<Action, usize>,
+    /// A stop request ended the apply early: objects not yet started were not applied, prune was skipped.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
+    /// Planned objects not applied because of the stop.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub not_applied: usize,
+    /// Every object that is (or may be) a member of the ApplySet after this apply: the members found before
+    /// it, less confirmed deletions, plus what was applied (and what failed for a transient reason, since the
+    /// server may have written it). `None` when not known (dry run, or stopped before the members were listed).
+    #[serde(skip)]
+    pub members: Option<Vec<ObjectId>>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl ApplyReport {
     /// True when nothing failed.
     pub fn ok(&self) -> bool {
         self.errors.is_empty()
+    }
+
+    /// True when an object failed because of the API server or the network (worth retrying as is).
+    pub fn transient_failure(&self) -> bool {
+        self.objects
+            .iter()
+            .any(|o| o.action == Action::Failed && o.transient)
     }
 
     /// True when something was (or would be) created, configured or deleted.
@@ -258,6 +369,15 @@ pub async fn apply(
     for c in &plan.charts {
         progress.set(&c.name, ChartState::Waiting, "");
     }
+    if config.stop.requested() {
+        // Nothing written yet; the inventory is as it was.
+        report.stopped = true;
+        report.not_applied = plan.applied_objects().count();
+        for c in &plan.charts {
+            stop_chart(c, progress, &mut report, "not started: stop requested");
+        }
+        return Ok(report);
+    }
 
     // Inventory parent: check ownership, then record the union before touching members (KEP-3659).
     let pid = parent_id(inv);
@@ -306,16 +426,19 @@ pub async fn apply(
             action: Action::Skipped,
             reason: Some("static pod: written by bootstrap, never applied through the API".into()),
             changes: Vec::new(),
+            transient: false,
         });
     }
 
     // Stage 1: cluster definitions; then CRDs Established and fresh discovery.
+    let halt = Halt::new(&config.stop);
     let defs = apply_group(
         server,
         &plan.cluster_definitions,
         config,
         &live,
         Stage::ClusterDefinitions,
+        &halt,
     )
     .await;
     let mut fatal = collect(&mut report, defs);
@@ -324,23 +447,31 @@ pub async fn apply(
         .iter()
         .filter(|o| order::is_crd(&o.id))
         .collect();
-    if fatal.is_none() && !crds.is_empty() {
+    if fatal.is_none() && !crds.is_empty() && !config.stop.requested() {
         if !config.dry_run {
             for crd in &crds {
-                if let Err(e) = wait_healthy(server, &[crd], Duration::from_secs(60)).await {
+                let one = [*crd];
+                let waited = tokio::select! {
+                    r = wait_healthy(server, &one, Duration::from_secs(60)) => r,
+                    _ = config.stop.wait() => break,
+                };
+                if let Err(e) = waited {
                     fatal = Some(format!("stage {}: {e}", Stage::ClusterDefinitions.name()));
                     break;
                 }
             }
         }
-        server
-            .refresh()
-            .await
-            .map_err(server_err("cluster-definitions"))?;
+        if !config.stop.requested() {
+            server
+                .refresh()
+                .await
+                .map_err(server_err("cluster-definitions"))?;
+        }
     }
     // Stage 2: classes.
     if fatal.is_none() {
-        let classes = apply_group(server, &plan.classes, config, &live, Stage::Classes).await;
+        let classes =
+            apply_group(server, &plan.classes, config, &live, Stage::Classes, &halt).await;
         fatal = collect(&mut report, classes);
     }
     if let Some(e) = fatal {
@@ -356,16 +487,18 @@ pub async fn apply(
                 Some("an earlier stage failed".into()),
             ));
         }
+        report.members = member_ids(&report, &members, &BTreeSet::new());
         return Ok(report);
     }
 
-    // Stage 3: charts along the dependency graph.
-    run_charts(server, &plan, config, &live, progress, &mut report).await;
+    // Stage 3: charts along the dependency graph (none starts once a stop is requested).
+    run_charts(server, &plan, config, &live, progress, &mut report, &halt).await;
 
-    // Prune.
+    // Prune (skipped after a stop: the next apply does it).
     let mut remaining_gks = union_gks.clone();
     let mut remaining_nss = union_nss.clone();
-    if config.prune && report.ok() {
+    let mut gone = BTreeSet::new();
+    if config.prune && report.ok() && !config.stop.requested() {
         let desired: BTreeSet<ObjectId> = plan.all_objects().map(|o| o.id.clone()).collect();
         let pp = prune::plan(&id, &desired, &members, &config.prune_limits)?;
         report.prune_disabled = pp.disabled.clone();
@@ -378,31 +511,38 @@ pub async fn apply(
                 action: Action::Skipped,
                 reason: Some(why.clone()),
                 changes: Vec::new(),
+                transient: false,
             });
         }
-        let mut gone = BTreeSet::new();
         for oid in &pp.delete {
+            if config.stop.requested() {
+                break;
+            }
             report.prunes.push(oid.to_string());
             let result = if config.dry_run {
                 Ok(())
             } else {
                 match server.delete(oid).await {
                     Ok(()) => {
-                        server
-                            .wait_deleted(oid, config.timeout.min(Duration::from_secs(120)))
-                            .await
+                        let wait =
+                            server.wait_deleted(oid, config.timeout.min(Duration::from_secs(120)));
+                        tokio::select! {
+                            r = wait => r,
+                            // Deletion requested but not confirmed: it stays a member until the next prune.
+                            _ = config.stop.wait() => break,
+                        }
                     }
                     Err(e) => Err(e),
                 }
             };
-            let (action, reason) = match result {
+            let (action, reason, transient) = match result {
                 Ok(()) => {
                     gone.insert(oid.clone());
-                    (Action::Deleted, None)
+                    (Action::Deleted, None, false)
                 }
                 Err(e) => {
                     report.errors.push(format!("stage prune: {e}"));
-                    (Action::Failed, Some(e.to_string()))
+                    (Action::Failed, Some(e.to_string()), e.is_transient())
                 }
             };
             report.push(ObjectReport {
@@ -413,6 +553,7 @@ pub async fn apply(
                 action,
                 reason,
                 changes: Vec::new(),
+                transient,
             });
         }
         // Forget only confirmed deletions: keep the kinds/namespaces of everything still there.
@@ -429,6 +570,12 @@ pub async fn apply(
             }
         }
     }
+    report.members = member_ids(&report, &members, &gone);
+    if config.stop.requested() {
+        // The parent keeps the union written above: it covers every member, old and new.
+        report.stopped = true;
+        return Ok(report);
+    }
     if !config.dry_run && (remaining_gks != union_gks || remaining_nss != union_nss) {
         server
             .apply(
@@ -441,6 +588,46 @@ pub async fn apply(
             .map_err(server_err("inventory"))?;
     }
     Ok(report)
+}
+
+/// What the ApplySet holds after this apply (see [`ApplyReport::members`]); `None` for a dry run.
+fn member_ids(
+    report: &ApplyReport,
+    members: &[prune::Member],
+    gone: &BTreeSet<ObjectId>,
+) -> Option<Vec<ObjectId>> {
+    if report.dry_run {
+        return None;
+    }
+    let mut ids: BTreeSet<ObjectId> = members
+        .iter()
+        .filter(|m| !gone.contains(&m.id))
+        .map(|m| m.id.clone())
+        .collect();
+    for o in &report.objects {
+        let written = match o.action {
+            Action::Created | Action::Configured | Action::Unchanged => true,
+            Action::Failed => o.transient && o.stage != "prune",
+            Action::Deleted | Action::Skipped => false,
+        };
+        if written {
+            ids.insert(o.id.clone());
+        }
+    }
+    Some(ids.into_iter().collect())
+}
+
+/// Report a chart that a stop request kept from starting (or from being awaited).
+fn stop_chart(c: &plan::ChartPlan, progress: &Progress, report: &mut ApplyReport, why: &str) {
+    progress.set(&c.name, ChartState::Stopped, why);
+    report.charts.push(chart_report(
+        c,
+        ChartState::Stopped,
+        None,
+        None,
+        None,
+        Some(why.to_string()),
+    ));
 }
 
 /// Label an object as a member of the ApplySet and stamp the hash of what is applied.
@@ -495,9 +682,10 @@ fn chart_report(
 }
 
 /// Move object results into the report; the first error, if any.
-fn collect(report: &mut ApplyReport, results: Vec<ObjectReport>) -> Option<String> {
+fn collect(report: &mut ApplyReport, results: GroupResult) -> Option<String> {
     let mut first = None;
-    for r in results {
+    report.not_applied += results.not_started;
+    for r in results.reports {
         if r.action == Action::Failed {
             let msg = r.reason.clone().unwrap_or_default();
             report.errors.push(msg.clone());
@@ -530,17 +718,30 @@ pub async fn list_members(
     Ok(out)
 }
 
+/// What one group of objects came to: one report per object started, and how many a stop kept from starting.
+struct GroupResult {
+    reports: Vec<ObjectReport>,
+    not_started: usize,
+}
+
 /// Apply one group of objects: rank by rank, objects of a rank concurrently; one report per object.
+/// Once a stop is requested no further object starts (those in flight finish).
 async fn apply_group(
     server: &Server,
     objects: &[PlannedObject],
     config: &Config,
     live: &BTreeMap<ObjectId, Value>,
     stage: Stage,
-) -> Vec<ObjectReport> {
+    halt: &Halt<'_>,
+) -> GroupResult {
     let mut out = Vec::new();
+    let mut not_started = 0;
     let mut i = 0;
     while i < objects.len() {
+        if halt.halted() {
+            not_started += objects.len() - i;
+            break;
+        }
         let rank = order::kind_rank(&objects[i].id.kind);
         let mut j = i;
         while j < objects.len()
@@ -558,20 +759,46 @@ async fn apply_group(
         // Futures built up front (not in a stream closure) keep the whole apply future `Send`.
         let futures: Vec<_> = objects[i..j]
             .iter()
-            .map(|o| apply_object(server, o, config, live.get(&o.id), stage))
+            .map(|o| apply_object(server, o, config, live.get(&o.id), stage, halt))
             .collect();
-        let results: Vec<ObjectReport> = futures::stream::iter(futures)
+        let results: Vec<Option<ObjectReport>> = futures::stream::iter(futures)
             .buffered(config.object_concurrency.max(1))
             .collect()
             .await;
-        out.extend(results);
+        for r in results {
+            match r {
+                Some(r) => out.push(r),
+                None => not_started += 1,
+            }
+        }
         i = j;
     }
-    out
+    GroupResult {
+        reports: out,
+        not_started,
+    }
 }
 
-/// GET live, dry-run SSA, compare; apply for real only when different.
+/// GET live, dry-run SSA, compare; apply for real only when different. `None`: not started (halted).
 async fn apply_object(
+    server: &Server,
+    o: &PlannedObject,
+    config: &Config,
+    listed: Option<&Value>,
+    stage: Stage,
+    halt: &Halt<'_>,
+) -> Option<ObjectReport> {
+    if halt.halted() {
+        return None;
+    }
+    let r = apply_started_object(server, o, config, listed, stage).await;
+    if r.transient {
+        halt.transient.store(true, Ordering::Relaxed);
+    }
+    Some(r)
+}
+
+async fn apply_started_object(
     server: &Server,
     o: &PlannedObject,
     config: &Config,
@@ -586,9 +813,16 @@ async fn apply_object(
         action: Action::Failed,
         reason: None,
         changes: Vec::new(),
+        transient: false,
     };
-    let fail =
-        |e: ssa::Error| format!("stage {}: {e} (rendered from {})", stage.name(), o.template);
+    let fail = |r: &mut ObjectReport, e: ssa::Error| {
+        r.transient = e.is_transient();
+        r.reason = Some(format!(
+            "stage {}: {e} (rendered from {})",
+            stage.name(),
+            o.template
+        ));
+    };
     if config.dry_run && !server.knows(&o.id) {
         // A custom resource whose CRD is part of this apply: the API server cannot dry-run it yet.
         r.action = Action::Created;
@@ -606,7 +840,7 @@ async fn apply_object(
     let live = match fetched {
         Ok(l) => l,
         Err(e) => {
-            r.reason = Some(fail(e));
+            fail(&mut r, e);
             return r;
         }
     };
@@ -618,7 +852,7 @@ async fn apply_object(
             .await
         {
             r.action = Action::Failed;
-            r.reason = Some(fail(e));
+            fail(&mut r, e);
         }
         return r;
     }
@@ -645,7 +879,7 @@ async fn apply_object(
             return r;
         }
         Err(e) => {
-            r.reason = Some(fail(e));
+            fail(&mut r, e);
             return r;
         }
     };
@@ -683,7 +917,7 @@ async fn apply_object(
             .await
     {
         r.action = Action::Failed;
-        r.reason = Some(fail(e));
+        fail(&mut r, e);
     }
     r
 }
@@ -696,6 +930,7 @@ async fn run_charts(
     live: &BTreeMap<ObjectId, Value>,
     progress: &Progress,
     report: &mut ApplyReport,
+    halt: &Halt<'_>,
 ) {
     #[derive(Clone, Copy, PartialEq)]
     enum S {
@@ -703,6 +938,7 @@ async fn run_charts(
         Running,
         Done,
         Failed,
+        Stopped,
     }
     let mut state: BTreeMap<&str, S> = plan
         .charts
@@ -736,7 +972,7 @@ async fn run_charts(
                 .depends_on
                 .iter()
                 .all(|d| state.get(d.as_str()).is_none_or(|s| *s == S::Done));
-            if ready && running.len() < config.concurrency.max(1) {
+            if ready && running.len() < config.concurrency.max(1) && !halt.halted() {
                 state.insert(&c.name, S::Running);
                 let report_mx = &report_mx;
                 running.push(async move {
@@ -747,7 +983,8 @@ async fn run_charts(
                         &format!("{} objects", c.objects.len()),
                     );
                     let results =
-                        apply_group(server, &c.objects, config, live, Stage::Workloads).await;
+                        apply_group(server, &c.objects, config, live, Stage::Workloads, halt).await;
+                    let not_started = results.not_started;
                     let err = collect(&mut report_mx.lock().expect("report lock"), results);
                     let finished = now_ms();
                     if let Some(e) = err {
@@ -762,6 +999,18 @@ async fn run_charts(
                                 None,
                                 Some(e),
                             ),
+                        );
+                    }
+                    if not_started > 0 {
+                        let (state, why) = halt.why();
+                        let msg = format!(
+                            "{not_started} of {} objects not applied: {why}",
+                            c.objects.len()
+                        );
+                        progress.set(&c.name, state, &msg);
+                        return (
+                            c,
+                            chart_report(c, state, Some(started), Some(finished), None, Some(msg)),
                         );
                     }
                     if !config.wait || config.dry_run {
@@ -783,8 +1032,27 @@ async fn run_charts(
                         .applied_objects()
                         .filter(|o| o.chart == c.name)
                         .collect();
-                    match wait_healthy(server, &objs, config.timeout).await {
-                        Ok(()) => {
+                    let waited = tokio::select! {
+                        r = wait_healthy(server, &objs, config.timeout) => Some(r),
+                        _ = config.stop.wait() => None,
+                    };
+                    match waited {
+                        None => {
+                            let msg = "applied; health not awaited: stop requested";
+                            progress.set(&c.name, ChartState::Stopped, msg);
+                            (
+                                c,
+                                chart_report(
+                                    c,
+                                    ChartState::Stopped,
+                                    Some(started),
+                                    Some(finished),
+                                    None,
+                                    Some(msg.into()),
+                                ),
+                            )
+                        }
+                        Some(Ok(())) => {
                             progress.set(&c.name, ChartState::Healthy, "");
                             (
                                 c,
@@ -798,7 +1066,7 @@ async fn run_charts(
                                 ),
                             )
                         }
-                        Err(e) => {
+                        Some(Err(e)) => {
                             let msg = format!("chart {}: {e}", c.name);
                             progress.set(&c.name, ChartState::Failed, &e);
                             (
@@ -821,7 +1089,12 @@ async fn run_charts(
             break;
         };
         let failed = cr.state == ChartState::Failed;
-        state.insert(&c.name, if failed { S::Failed } else { S::Done });
+        let s = match cr.state {
+            ChartState::Failed | ChartState::Blocked => S::Failed,
+            ChartState::Stopped => S::Stopped,
+            _ => S::Done,
+        };
+        state.insert(&c.name, s);
         if failed && let Some(m) = &cr.message {
             let mut r = report_mx.lock().expect("report lock");
             if !r.errors.contains(m) {
@@ -835,6 +1108,15 @@ async fn run_charts(
     for c in &plan.charts {
         if let Some(cr) = chart_reports.remove(&c.name) {
             report.charts.push(cr);
+        } else if state[c.name.as_str()] == S::Pending {
+            // Never started: only a halt leaves a chart pending.
+            report.not_applied += c.objects.len();
+            let (state, why) = halt.why();
+            let why = format!("not started: {why}");
+            progress.set(&c.name, state, &why);
+            report
+                .charts
+                .push(chart_report(c, state, None, None, None, Some(why)));
         }
     }
 }

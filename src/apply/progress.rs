@@ -17,6 +17,8 @@ pub enum ChartState {
     Failed,
     /// Not started because a dependency failed.
     Blocked,
+    /// Not started, not finished or not awaited because a stop was requested.
+    Stopped,
 }
 
 impl ChartState {
@@ -29,6 +31,7 @@ impl ChartState {
             ChartState::Healthy => "healthy",
             ChartState::Failed => "failed",
             ChartState::Blocked => "blocked",
+            ChartState::Stopped => "stopped",
         }
     }
 }

@@ -50,6 +50,29 @@ pub enum Error {
     DeleteTimeout { object: String, secs: u64 },
 }
 
+impl Error {
+    /// The API server or the network failed, not the object (retry later): transport errors (connection
+    /// refused or reset, timeouts, TLS) and the server's 429/500/502/503/504 answers (e.g. while it shuts down
+    /// or starts up).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Discovery(e) | Error::Api { source: e, .. } => is_transient(e),
+            Error::UnknownKind { .. } | Error::Conflict { .. } | Error::DeleteTimeout { .. } => {
+                false
+            }
+        }
+    }
+}
+
+/// True for a kube client error the API server or the network caused (see [`Error::is_transient`]).
+pub fn is_transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => matches!(s.code, 429 | 500 | 502 | 503 | 504),
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+        _ => false,
+    }
+}
+
 /// A client plus a discovery cache that is refreshed when CRDs appear.
 #[derive(Clone)]
 pub struct Server {
@@ -291,6 +314,36 @@ fn quoted_manager(message: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transient_errors_are_the_servers_not_the_objects() {
+        let status = |code: u16| {
+            kube::Error::Api(Box::new(
+                serde_json::from_value(serde_json::json!({"status": "Failure", "code": code}))
+                    .unwrap(),
+            ))
+        };
+        let api = |source| Error::Api {
+            object: "ConfigMap/n/c".into(),
+            op: "apply",
+            source,
+        };
+        assert!(api(status(503)).is_transient());
+        assert!(api(status(429)).is_transient());
+        assert!(api(status(500)).is_transient());
+        assert!(!api(status(422)).is_transient(), "invalid object");
+        assert!(!api(status(403)).is_transient(), "forbidden");
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert!(api(kube::Error::Service(Box::new(io))).is_transient());
+        assert!(
+            !Error::Conflict {
+                object: "x".into(),
+                managers: vec![],
+                fields: vec![]
+            }
+            .is_transient()
+        );
+    }
 
     #[test]
     fn conflict_names_managers_and_fields() {

@@ -287,6 +287,9 @@ pub fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     };
     let progress = progress_for(args.output);
     let report = runtime()?.block_on(async {
+        let (stop_tx, stop) = apply::Stop::channel();
+        let config = apply::Config { stop, ..config };
+        tokio::spawn(stop_on_signal(stop_tx));
         let server = connect(args.cluster.kubeconfig.as_deref()).await?;
         apply::apply(&server, &set, &inv, &config, &progress)
             .await
@@ -325,11 +328,43 @@ pub fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     for e in &report.errors {
         eprintln!("error: {e}");
     }
+    if report.stopped {
+        eprintln!(
+            "stopped: {} object(s) not applied, prune skipped; run the same command again to finish",
+            report.not_applied
+        );
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
     Ok(if report.ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_DIFF)
     })
+}
+
+/// Exit status after Ctrl-C/SIGTERM stopped an apply (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// The first SIGINT/SIGTERM stops the apply after the objects in flight; a second one exits at once.
+async fn stop_on_signal(stop: tokio::sync::watch::Sender<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("interrupted: finishing the objects in flight (again to abort at once)");
+    let _ = stop.send(true);
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    std::process::exit(EXIT_INTERRUPTED as i32);
 }
 
 pub fn run_uninstall(args: UninstallArgs) -> anyhow::Result<ExitCode> {

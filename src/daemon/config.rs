@@ -79,6 +79,10 @@ pub struct RawSource {
     /// Random extra delay added to each poll, as a fraction of the interval (default 0.1).
     #[serde(default)]
     pub poll_jitter: Option<f64>,
+    /// `auto`: watch a local repository's refs (inotify) in addition to polling; `off`: poll only
+    /// (default `auto`; remotes are always only polled).
+    #[serde(default)]
+    pub watch: Option<SourceWatch>,
     /// Private SSH key for `ssh://` remotes.
     #[serde(default)]
     pub ssh_key_file: Option<PathBuf>,
@@ -88,6 +92,17 @@ pub struct RawSource {
     /// Commit signature verification; off when absent.
     #[serde(default)]
     pub verify: Option<RawVerify>,
+}
+
+/// Whether a local repository's refs are watched (`source.watch`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SourceWatch {
+    /// Watch local repositories (a path or `file://`); poll remotes.
+    #[default]
+    Auto,
+    /// Never watch: every source is only polled.
+    Off,
 }
 
 /// Exactly one of branch, tag or commit.
@@ -235,6 +250,8 @@ pub struct SourceConfig {
     pub poll_interval: Duration,
     /// Fraction of `poll_interval` added at random to each poll (0.0 ..= 1.0).
     pub poll_jitter: f64,
+    /// Watch a local repository's refs (`auto`) or only poll (`off`).
+    pub watch: SourceWatch,
     pub ssh_key_file: Option<PathBuf>,
     pub token: Option<Secret>,
     pub allowed_signers_file: Option<PathBuf>,
@@ -440,6 +457,7 @@ impl Config {
             overlays: s.overlays.clone(),
             poll_interval,
             poll_jitter,
+            watch: s.watch.unwrap_or_default(),
             ssh_key_file,
             token,
             allowed_signers_file,
@@ -651,6 +669,7 @@ mod tests {
         );
         assert_eq!(c.source.git_ref, GitRef::Branch("main".into()));
         assert_eq!(c.source.poll_interval, Duration::from_secs(60));
+        assert_eq!(c.source.watch, SourceWatch::Auto);
         assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(c.reconcile, ReconcileConfig::default());
@@ -674,6 +693,23 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e.place.as_deref(), Some("reconcile.driftInterval"), "{e}");
+    }
+
+    #[test]
+    fn source_watch_is_auto_or_off() {
+        let c = parse(&format!(
+            "{MINIMAL}  watch: off
+"
+        ))
+        .unwrap();
+        assert_eq!(c.source.watch, SourceWatch::Off);
+        let e = parse(&format!(
+            "{MINIMAL}  watch: never
+"
+        ))
+        .unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.message.contains("never"), "{e}");
     }
 
     #[test]

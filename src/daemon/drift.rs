@@ -277,6 +277,7 @@ mod tests {
                     desired: Some(json!(1)),
                     other_managers: vec!["kubectl".into()],
                 }],
+                transient: false,
             }],
             ..Default::default()
         };

@@ -21,8 +21,9 @@ use tokio::sync::{OnceCell, mpsc, watch};
 
 use self::config::{Config, DriftMode, Secret};
 use self::reconcile::{
-    Applier, ApplySummary, Desired, DriftRecord, Phase, Reason, ReconcileStatus, Reconciler,
-    Renderer, SharedStatus, Source, Stage, StageError, Telemetry, Trigger,
+    Applier, ApplyFailure, ApplyOutcome, ApplySummary, Desired, DriftRecord, Phase, Reason,
+    ReconcileStatus, Reconciler, Renderer, SharedStatus, Source, Stage, StageError, Telemetry,
+    Trigger,
 };
 use self::source::git::{self as git, GitSource, Revision};
 use self::source::webhook::{GitWebhook, Verdict};
@@ -158,23 +159,9 @@ pub async fn run(
 
     // Source triggers.
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
-    let mut trigger_tasks = Vec::new();
     let source = GitStage::new(config_rx.clone());
-    let _ref_watch = match source.current().local_git_dir() {
-        Some(git_dir) => match source::watch::watch_refs(&git_dir, trigger_tx.clone()) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the local repository; falling back to polling");
-                None
-            }
-        },
-        None => None,
-    };
-    trigger_tasks.push(tokio::spawn(source::watch::poll(
-        config.source.poll_interval,
-        config.source.poll_jitter,
-        trigger_tx.clone(),
-    )));
+    let mut source_triggers = SourceTriggers::start(&config, &trigger_tx);
+    source_triggers.publish(&server_state);
 
     // The reconciler.
     let status = SharedStatus::default();
@@ -185,6 +172,7 @@ pub async fn run(
         triggers: trigger_tx.clone(),
         drift_watch: Mutex::new(None),
         last_report: Mutex::new(None),
+        stop: apply::Stop::from_watch(stop_rx.clone()),
     };
     let publisher = Publisher {
         status: status.clone(),
@@ -261,6 +249,10 @@ pub async fn run(
                             tracing::warn!(field, "changed in the config file; takes effect after a restart");
                         }
                         webhook.set_secret(new.server.webhook_secret.clone());
+                        if source_triggers.key != SourceTriggers::key(&new) {
+                            source_triggers = SourceTriggers::start(&new, &trigger_tx);
+                            source_triggers.publish(&server_state);
+                        }
                         settings_tx.send_replace(new.reconcile.clone());
                         config_tx.send_replace(Arc::new(new.clone()));
                         current = new;
@@ -283,9 +275,7 @@ pub async fn run(
         revision = state.last_applied_revision.as_deref().unwrap_or("-"),
         "state written"
     );
-    for t in trigger_tasks {
-        t.abort();
-    }
+    drop(source_triggers);
     publish_task.abort();
     if let Some(t) = leader_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
@@ -293,6 +283,90 @@ pub async fn run(
     match server_task.await {
         Ok(r) => r.map_err(Error::Server),
         Err(e) => Err(Error::Task(e.to_string())),
+    }
+}
+
+/// The source's triggers: an inotify watch on a local repository's refs (unless `source.watch: off`) and
+/// the poll timer. Rebuilt on reload when the repository, `watch` or the poll settings change.
+struct SourceTriggers {
+    key: SourceKey,
+    /// `refs`, `off`, `remote` or `failed` (see `server::SourceStatus::watch`).
+    mode: &'static str,
+    poll_interval: Duration,
+    _watch: Option<source::watch::RefWatch>,
+    poll: tokio::task::JoinHandle<()>,
+}
+
+/// What the triggers depend on: the watched directory (if any), the poll interval and jitter.
+type SourceKey = (
+    config::SourceWatch,
+    config::RepoLocation,
+    Duration,
+    u64, // jitter bits
+);
+
+impl SourceTriggers {
+    fn key(c: &Config) -> SourceKey {
+        (
+            c.source.watch,
+            c.source.location.clone(),
+            c.source.poll_interval,
+            c.source.poll_jitter.to_bits(),
+        )
+    }
+
+    fn start(c: &Config, tx: &mpsc::Sender<Trigger>) -> Self {
+        let (mode, watch) = match (c.source.watch, &c.source.location) {
+            (config::SourceWatch::Off, _) => ("off", None),
+            (config::SourceWatch::Auto, config::RepoLocation::Remote(_)) => ("remote", None),
+            (config::SourceWatch::Auto, config::RepoLocation::Local(_)) => {
+                match GitSource::new(c.source.clone(), &c.state_dir).local_git_dir() {
+                    Some(git_dir) => match source::watch::watch_refs(&git_dir, tx.clone()) {
+                        Ok(w) => ("refs", Some(w)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot watch the local repository; polling only");
+                            ("failed", None)
+                        }
+                    },
+                    None => {
+                        tracing::warn!(url = %c.source.url, "not a git repository (yet); polling only");
+                        ("failed", None)
+                    }
+                }
+            }
+        };
+        tracing::info!(
+            watch = mode,
+            poll_interval_s = c.source.poll_interval.as_secs_f64(),
+            poll_jitter = c.source.poll_jitter,
+            "source triggers"
+        );
+        let poll = tokio::spawn(source::watch::poll(
+            c.source.poll_interval,
+            c.source.poll_jitter,
+            tx.clone(),
+        ));
+        SourceTriggers {
+            key: Self::key(c),
+            mode,
+            poll_interval: c.source.poll_interval,
+            _watch: watch,
+            poll,
+        }
+    }
+
+    fn publish(&self, server: &ServerState) {
+        server.update_status(|s| {
+            let src = s.source.get_or_insert_with(Default::default);
+            src.watch = self.mode.to_string();
+            src.poll_interval_seconds = self.poll_interval.as_secs_f64();
+        });
+    }
+}
+
+impl Drop for SourceTriggers {
+    fn drop(&mut self) {
+        self.poll.abort();
     }
 }
 
@@ -374,11 +448,18 @@ fn snapshot(st: &ReconcileStatus, drift_mode: &str, s: &mut StatusSnapshot) {
         .to_string(),
     );
     s.drift_mode = Some(drift_mode.to_string());
+    let source = s.source.get_or_insert_with(Default::default);
+    source.triggers = st
+        .triggers
+        .iter()
+        .map(|(t, n)| (t.as_str().to_string(), *n))
+        .collect();
     s.next_wakeup = st.next_wakeup_in_s.map(|d| (state::unix_now() + d) as f64);
     s.errors.clear();
     if let Some(last) = &st.last {
         s.last_reconcile = Some(http_server::ReconcileStatus {
             result: last.result.clone(),
+            trigger: last.trigger.map(|t| t.as_str().to_string()),
             revision: last.revision.clone(),
             started_at: Some(last.at as f64 - last.duration_ms as f64 / 1000.0),
             finished_at: Some(last.at as f64),
@@ -386,14 +467,16 @@ fn snapshot(st: &ReconcileStatus, drift_mode: &str, s: &mut StatusSnapshot) {
             message: last.error.as_ref().map(|e| e.to_string()),
         });
         if let Some(e) = &last.error {
-            s.errors.push(match &e.input {
+            let mut se = match &e.input {
                 Some(input) => http_server::StatusError::from_input(e.stage.as_str(), input),
                 None => http_server::StatusError {
                     stage: e.stage.as_str().to_string(),
                     message: e.message.clone(),
                     ..Default::default()
                 },
-            });
+            };
+            se.reason = Some(e.reason.as_str().to_string());
+            s.errors.push(se);
         }
     }
     let mut drifted: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
@@ -658,10 +741,13 @@ struct KubeApplier {
     /// The drift watch and the kinds it covers; restarted when the kinds change.
     drift_watch: Mutex<Option<(BTreeSet<GroupKind>, tokio::task::JoinHandle<()>)>>,
     last_report: Mutex<Option<ApplyReport>>,
+    /// Shutdown: set on SIGTERM/SIGINT; the engine stops between objects.
+    stop: apply::Stop,
 }
 
-/// After a stop request, how long an apply in flight may take to finish its current objects.
-const STOP_GRACE: Duration = Duration::from_secs(20);
+/// After a stop request, how long the engine may take to finish the objects in flight (normally
+/// milliseconds: one SSA call each) before it is dropped; only a hung API call reaches it.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 impl KubeApplier {
     fn apply_config(&self, dry_run: bool) -> apply::Config {
@@ -677,6 +763,7 @@ impl KubeApplier {
                 max_objects: c.reconcile.mass_prune_threshold,
                 ..Default::default()
             },
+            stop: self.stop.clone(),
             ..Default::default()
         }
     }
@@ -727,7 +814,10 @@ fn report_error(report: &ApplyReport) -> StageError {
         first
     };
     let lower = msg.to_ascii_lowercase();
-    let reason = if lower.contains("not healthy after") || lower.contains("unhealthy") {
+    let reason = if report.transient_failure() {
+        // The API server or the network failed (e.g. stopped mid-apply): retry as is.
+        Reason::ApiUnreachable
+    } else if lower.contains("not healthy after") || lower.contains("unhealthy") {
         Reason::HealthTimeout
     } else if lower.contains("connect")
         || lower.contains("timed out")
@@ -752,6 +842,7 @@ fn engine_error(e: apply::Error) -> StageError {
         apply::Error::Plan(_) => Reason::InvalidInput,
         apply::Error::Inventory(_) => Reason::Rejected,
         apply::Error::Prune(_) => Reason::PruneBlocked,
+        apply::Error::Server { source, .. } if source.is_transient() => Reason::ApiUnreachable,
         apply::Error::Server { source, .. } => match source {
             apply::ssa::Error::Discovery(_) => Reason::ApiUnreachable,
             apply::ssa::Error::Api {
@@ -774,26 +865,44 @@ impl Applier for KubeApplier {
         desired: &Desired,
         revision: &str,
         mut stop: watch::Receiver<bool>,
-    ) -> Result<ApplySummary, StageError> {
+    ) -> Result<ApplyOutcome, ApplyFailure> {
         let server = self.kube.server().await?;
         let inv = Inventory::for_cluster(&desired.cluster, &desired.namespace);
-        let cfg = self.apply_config(false);
+        let mut cfg = self.apply_config(false);
+        cfg.stop = apply::Stop::from_watch(stop.clone());
         let progress = apply::progress::Progress::quiet();
         let work = run_engine(server, desired, &inv, &cfg, &progress);
         tokio::pin!(work);
         let result = tokio::select! {
             r = &mut work => r,
             _ = stopped(&mut stop) => {
-                tracing::info!(revision, "stop requested during apply; letting the objects in flight finish");
+                tracing::info!(revision, "stop requested during apply; the objects in flight finish, no other starts");
                 match tokio::time::timeout(STOP_GRACE, &mut work).await {
                     Ok(r) => r,
-                    Err(_) => return Err(StageError::new(Stage::Apply, Reason::Interrupted, "stopped during apply")),
+                    Err(_) => {
+                        tracing::warn!(revision, grace_s = STOP_GRACE.as_secs(), "the apply did not stop in time (an API call hangs); dropped");
+                        return Ok(ApplyOutcome::Stopped { inventory: None });
+                    }
                 }
             }
         };
         let report = result.map_err(engine_error)?;
+        if report.stopped {
+            tracing::info!(
+                revision,
+                applied = report.objects.len(),
+                not_applied = report.not_applied,
+                "apply stopped"
+            );
+            return Ok(ApplyOutcome::Stopped {
+                inventory: report.members.clone(),
+            });
+        }
         if !report.ok() {
-            return Err(report_error(&report));
+            return Err(ApplyFailure {
+                error: report_error(&report),
+                inventory: report.members.clone(),
+            });
         }
         self.ensure_drift_watch(server, desired);
         let count = |a: Action| report.counts.get(&a).copied().unwrap_or(0);
@@ -803,15 +912,17 @@ impl Applier for KubeApplier {
             unchanged: count(Action::Unchanged),
             deleted: count(Action::Deleted),
             skipped: count(Action::Skipped),
-            inventory: report
-                .objects
-                .iter()
-                .filter(|o| o.action != Action::Deleted && o.action != Action::Skipped)
-                .map(|o| o.id.clone())
-                .collect(),
+            inventory: report.members.clone().unwrap_or_else(|| {
+                report
+                    .objects
+                    .iter()
+                    .filter(|o| o.action != Action::Deleted && o.action != Action::Skipped)
+                    .map(|o| o.id.clone())
+                    .collect()
+            }),
         };
         *self.last_report.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
-        Ok(summary)
+        Ok(ApplyOutcome::Applied(summary))
     }
 
     async fn wait_healthy(
@@ -881,4 +992,52 @@ fn run_engine<'a>(
 /// The state directory's bootstrap record decides whether this daemon may apply.
 pub fn may_apply(state_dir: &Path, no_bootstrap: bool) -> bool {
     no_bootstrap || crate::bootstrap::bootstrap_complete(state_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::ObjectReport;
+    use crate::manifest::ObjectId;
+
+    fn failed(reason: &str, transient: bool) -> ApplyReport {
+        let id = ObjectId {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: Some("n".into()),
+            name: "c".into(),
+        };
+        ApplyReport {
+            objects: vec![ObjectReport {
+                object: id.to_string(),
+                id,
+                chart: "web".into(),
+                stage: "workloads",
+                action: Action::Failed,
+                reason: Some(reason.into()),
+                changes: Vec::new(),
+                transient,
+            }],
+            errors: vec![reason.into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_transient_object_failure_is_retried_whatever_its_message_says() {
+        // Seen when the API server stopped mid-apply: a pooled connection fails to send; nothing in the
+        // message says "connect", and it must not be taken for a rejection (which waits for a new commit).
+        let msg = "stage workloads: ConfigMap/n/c: apply failed: ServiceError: client error (SendRequest)";
+        assert_eq!(
+            report_error(&failed(msg, true)).reason,
+            Reason::ApiUnreachable
+        );
+        let invalid =
+            "stage workloads: ConfigMap/n/c: apply failed: ApiError: ConfigMap is invalid (422)";
+        assert_eq!(
+            report_error(&failed(invalid, false)).reason,
+            Reason::Rejected
+        );
+    }
 }

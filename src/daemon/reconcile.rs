@@ -29,7 +29,7 @@ use crate::diag::InputError;
 use crate::manifest::{ObjectId, RenderedSet};
 
 /// Why a reconcile was asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Trigger {
     /// Daemon start (forces a re-apply of the current revision: an earlier run may have stopped mid-apply).
@@ -42,8 +42,27 @@ pub enum Trigger {
     Webhook,
     /// SIGHUP reloaded the configuration (forces a re-render and re-apply).
     Reload,
-    /// A watched inventory object changed (check for drift).
+    /// A watched inventory object changed, or the drift sweep timer fired (check for drift).
     Drift,
+    /// The backoff timer after a transient failure (never sent by a source).
+    Retry,
+    /// This daemon became active (leadership won; a trigger that arrived while inactive).
+    Activated,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::Watch => "watch",
+            Trigger::Poll => "poll",
+            Trigger::Webhook => "webhook",
+            Trigger::Reload => "reload",
+            Trigger::Drift => "drift",
+            Trigger::Retry => "retry",
+            Trigger::Activated => "activated",
+        }
+    }
 }
 
 /// A pipeline stage (the `stage` metrics label).
@@ -191,6 +210,32 @@ pub struct ApplySummary {
     pub inventory: Vec<ObjectId>,
 }
 
+/// How an apply ended, when it did not fail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// Everything applied (and pruned): the revision is applied.
+    Applied(ApplySummary),
+    /// A stop request ended the apply between objects: the revision is NOT applied. `inventory`: every
+    /// object that is (or may be) in the ApplySet now; `None` when the applier could not tell.
+    Stopped { inventory: Option<Vec<ObjectId>> },
+}
+
+/// A failed apply, with the ApplySet's members when the applier knows them (what it wrote before failing).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApplyFailure {
+    pub error: StageError,
+    pub inventory: Option<Vec<ObjectId>>,
+}
+
+impl From<StageError> for ApplyFailure {
+    fn from(error: StageError) -> Self {
+        ApplyFailure {
+            error,
+            inventory: None,
+        }
+    }
+}
+
 /// One field that differs from the desired state.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -236,13 +281,14 @@ pub trait Renderer: Send + Sync + 'static {
 
 /// Applies a RenderedSet to the cluster and inspects it.
 pub trait Applier: Send + Sync + 'static {
-    /// Apply `set` (plan, SSA, prune); stop between objects once `stop` is true.
+    /// Apply `set` (plan, SSA, prune); once `stop` is true, let the objects in flight finish, start no
+    /// other, and return `ApplyOutcome::Stopped`.
     fn apply(
         &self,
         desired: &Desired,
         revision: &str,
         stop: watch::Receiver<bool>,
-    ) -> impl Future<Output = Result<ApplySummary, StageError>> + Send;
+    ) -> impl Future<Output = Result<ApplyOutcome, ApplyFailure>> + Send;
     /// Wait until every chart is healthy or `timeout` passes; returns readiness per chart.
     fn wait_healthy(
         &self,
@@ -297,8 +343,11 @@ pub enum Phase {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LastResult {
-    /// `success` or `failure`.
+    /// `success`, `failure`, or `stopped` (shutdown during the apply; the revision was not applied).
     pub result: String,
+    /// What started this reconcile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Trigger>,
     pub revision: Option<String>,
     /// Unix time it finished.
     pub at: u64,
@@ -336,6 +385,8 @@ pub struct ReconcileStatus {
     pub active: bool,
     /// True after the first successful reconcile (drives `/readyz` and READY=1).
     pub ready: bool,
+    /// Triggers received, by kind (`watch`, `poll`, `webhook`, `drift`, `reload`), coalesced ones included.
+    pub triggers: BTreeMap<Trigger, u64>,
 }
 
 /// Shared, lock-protected status (the HTTP server reads it).
@@ -359,6 +410,7 @@ enum State {
     /// `force`: apply even if the revision is already applied (startup, reload, backoff retry).
     Fetching {
         force: bool,
+        trigger: Trigger,
     },
     Rendering {
         revision: Revision,
@@ -410,6 +462,8 @@ struct Memory {
     gate_gone: bool,
     next_drift: Instant,
     cycle_start: Instant,
+    /// What started the current reconcile.
+    cycle_trigger: Trigger,
 }
 
 impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
@@ -444,8 +498,12 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             gate_gone: false,
             next_drift: Instant::now() + drift_interval,
             cycle_start: Instant::now(),
+            cycle_trigger: Trigger::Startup,
         };
-        let mut state = State::Fetching { force: true };
+        let mut state = State::Fetching {
+            force: true,
+            trigger: Trigger::Startup,
+        };
         loop {
             if *stop.borrow() && !matches!(state, State::Stopped) {
                 state = State::Stopped;
@@ -454,7 +512,7 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             state = match state {
                 State::Stopped => break,
                 State::Idle => self.idle(&mut mem, &mut triggers, &mut stop).await,
-                State::Fetching { force } => self.fetching(&mut mem, force).await,
+                State::Fetching { force, trigger } => self.fetching(&mut mem, force, trigger).await,
                 State::Rendering { revision } => self.rendering(&mut mem, revision).await,
                 State::Applying {
                     revision,
@@ -476,7 +534,7 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
                 }
                 State::Backoff { until } => {
                     tokio::select! {
-                        _ = tokio::time::sleep_until(until) => State::Fetching { force: true },
+                        _ = tokio::time::sleep_until(until) => State::Fetching { force: true, trigger: Trigger::Retry },
                         _ = stop.changed() => State::Stopped,
                     }
                 }
@@ -517,7 +575,10 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
     ) -> State {
         if mem.pending && *self.active.borrow() {
             mem.pending = false;
-            return State::Fetching { force: true };
+            return State::Fetching {
+                force: true,
+                trigger: Trigger::Activated,
+            };
         }
         tokio::select! {
             biased;
@@ -531,22 +592,34 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
                 let now = *self.active.borrow_and_update();
                 let became_active = now && !mem.was_active;
                 mem.was_active = now;
-                if became_active { mem.pending = false; State::Fetching { force: true } } else { State::Idle }
+                if became_active {
+                    mem.pending = false;
+                    State::Fetching { force: true, trigger: Trigger::Activated }
+                } else {
+                    State::Idle
+                }
             }
             first = triggers.recv() => {
                 let Some(first) = first else { return State::Stopped };
-                // Coalesce everything already queued into one reconcile.
+                // Coalesce everything already queued into one reconcile; it is named after the first
+                // trigger that is not a drift check.
                 let mut force = first == Trigger::Reload || first == Trigger::Startup;
                 let mut only_drift = first == Trigger::Drift;
+                let mut cause = first;
+                self.count_trigger(first);
                 while let Ok(t) = triggers.try_recv() {
+                    self.count_trigger(t);
                     force |= t == Trigger::Reload || t == Trigger::Startup;
                     only_drift &= t == Trigger::Drift;
+                    if cause == Trigger::Drift {
+                        cause = t;
+                    }
                 }
                 if !*self.active.borrow() {
                     mem.pending = true;
                     return State::Idle;
                 }
-                if only_drift { self.check_drift(mem).await } else { State::Fetching { force } }
+                if only_drift { self.check_drift(mem).await } else { State::Fetching { force, trigger: cause } }
             }
             _ = tokio::time::sleep_until(mem.next_drift) => {
                 if *self.active.borrow() { self.check_drift(mem).await } else {
@@ -555,6 +628,10 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
                 }
             }
         }
+    }
+
+    fn count_trigger(&self, t: Trigger) {
+        *self.status.lock().unwrap().triggers.entry(t).or_default() += 1;
     }
 
     /// Compare the live objects with the last applied set; correct or report.
@@ -612,6 +689,7 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
         }
         if drifted && mode == DriftMode::Correct {
             mem.cycle_start = Instant::now();
+            mem.cycle_trigger = Trigger::Drift;
             State::Applying {
                 revision,
                 set,
@@ -623,12 +701,13 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
         }
     }
 
-    async fn fetching(&mut self, mem: &mut Memory, force: bool) -> State {
+    async fn fetching(&mut self, mem: &mut Memory, force: bool, trigger: Trigger) -> State {
         if !*self.active.borrow() {
             mem.pending = true;
             return State::Idle;
         }
         mem.cycle_start = Instant::now();
+        mem.cycle_trigger = trigger;
         let started = Instant::now();
         let result = self.source.fetch().await;
         self.telemetry.record_fetch(
@@ -677,7 +756,45 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
         stop: watch::Receiver<bool>,
     ) -> State {
         match self.applier.apply(&set, &revision, stop).await {
-            Ok(summary) => {
+            Ok(ApplyOutcome::Stopped { inventory }) => {
+                // Not applied in full: the applied revision stays where it was (the next start re-applies
+                // this one), but the inventory copy lists everything that may now exist, so nothing is orphaned.
+                let inventory = inventory.unwrap_or_else(|| {
+                    let mut all: std::collections::BTreeSet<ObjectId> =
+                        mem.persisted.inventory.iter().cloned().collect();
+                    all.extend(set.set.objects.keys().cloned());
+                    all.into_iter().collect()
+                });
+                tracing::info!(
+                    revision = %revision,
+                    kept = mem.persisted.last_applied_revision.as_deref().unwrap_or("-"),
+                    inventory = inventory.len(),
+                    "apply stopped between objects; the revision is not marked applied"
+                );
+                mem.persisted.inventory = inventory;
+                self.persist(mem);
+                self.status.lock().unwrap().last = Some(LastResult {
+                    result: "stopped".into(),
+                    trigger: Some(mem.cycle_trigger),
+                    revision: Some(revision),
+                    at: unix_now(),
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    error: None,
+                    next: None,
+                });
+                State::Stopped
+            }
+            Err(ApplyFailure { error, inventory }) => {
+                if let Some(inventory) = inventory
+                    && inventory != mem.persisted.inventory
+                {
+                    // What the failed apply wrote before failing is in the ApplySet: keep the copy in step.
+                    mem.persisted.inventory = inventory;
+                    self.persist(mem);
+                }
+                self.fail(mem, Some(revision), error)
+            }
+            Ok(ApplyOutcome::Applied(summary)) => {
                 for (action, n) in [
                     ("created", summary.created),
                     ("configured", summary.configured),
@@ -709,7 +826,6 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
                     started,
                 }
             }
-            Err(e) => self.fail(mem, Some(revision), e),
         }
     }
 
@@ -755,6 +871,7 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             st.chart_objects = chart_objects;
             st.last = Some(LastResult {
                 result: "success".into(),
+                trigger: Some(mem.cycle_trigger),
                 revision: Some(revision),
                 at: unix_now(),
                 duration_ms: duration.as_millis() as u64,
@@ -793,6 +910,7 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             let mut st = self.status.lock().unwrap();
             st.last = Some(LastResult {
                 result: "failure".into(),
+                trigger: Some(mem.cycle_trigger),
                 revision: revision.clone(),
                 at: unix_now(),
                 duration_ms: duration.as_millis() as u64,
@@ -891,22 +1009,40 @@ mod tests {
         /// Simulated apply duration.
         delay: Duration,
     }
+    /// The object a fake apply of `revision` writes (a stopped one writes `<revision>-partial`).
+    fn object_of(revision: &str) -> ObjectId {
+        ObjectId {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: Some("default".into()),
+            name: revision.to_string(),
+        }
+    }
     impl Applier for FakeApplier {
         async fn apply(
             &self,
             _set: &Desired,
             revision: &str,
-            _stop: watch::Receiver<bool>,
-        ) -> Result<ApplySummary, StageError> {
-            tokio::time::sleep(self.delay).await;
+            mut stop: watch::Receiver<bool>,
+        ) -> Result<ApplyOutcome, ApplyFailure> {
+            tokio::select! {
+                _ = tokio::time::sleep(self.delay) => {}
+                Ok(_) = stop.wait_for(|s| *s) => {
+                    return Ok(ApplyOutcome::Stopped {
+                        inventory: Some(vec![object_of(&format!("{revision}-partial"))]),
+                    });
+                }
+            }
             if let Some(e) = self.fail_next.lock().unwrap().pop_front() {
-                return Err(e);
+                return Err(e.into());
             }
             self.applied.lock().unwrap().push(revision.to_string());
-            Ok(ApplySummary {
+            Ok(ApplyOutcome::Applied(ApplySummary {
                 created: 1,
+                inventory: vec![object_of(revision)],
                 ..Default::default()
-            })
+            }))
         }
         async fn wait_healthy(
             &self,
@@ -1191,6 +1327,70 @@ mod tests {
         h.triggers.send(Trigger::Reload).await.unwrap();
         h.settle().await;
         assert_eq!(h.applied(), vec!["c1", "c1"]);
+        h.finish().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_during_an_apply_keeps_the_revision_and_records_what_was_written() {
+        let applier = FakeApplier {
+            delay: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let h = start(FakeSource::new(vec![Ok("c1"), Ok("c2")]), applier, true);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(h.applied(), vec!["c1"]);
+        h.triggers.send(Trigger::Watch).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(h.status.lock().unwrap().phase, Phase::Applying);
+        let stop_at = Instant::now();
+        let (status, telemetry) = (h.status.clone(), h.telemetry.clone());
+        let state = h.finish().await;
+        assert!(
+            stop_at.elapsed() < Duration::from_secs(1),
+            "did not wait for the apply"
+        );
+        assert_eq!(
+            state.last_applied_revision.as_deref(),
+            Some("c1"),
+            "a partly applied revision is not marked applied"
+        );
+        assert_eq!(state.inventory, vec![object_of("c2-partial")]);
+        assert_eq!(state.last_failed_revision, None);
+        let last = status.lock().unwrap().last.clone().unwrap();
+        assert_eq!(
+            (last.result.as_str(), last.revision.as_deref()),
+            ("stopped", Some("c2"))
+        );
+        assert_eq!(last.trigger, Some(Trigger::Watch));
+        assert!(
+            telemetry.0.lock().unwrap().is_empty(),
+            "a stop is not a failure"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_reconcile_names_its_trigger_and_triggers_are_counted() {
+        let h = start(
+            FakeSource::new(vec![Ok("c1"), Ok("c2")]),
+            FakeApplier::default(),
+            true,
+        );
+        h.settle().await;
+        assert_eq!(
+            h.status.lock().unwrap().last.as_ref().unwrap().trigger,
+            Some(Trigger::Startup)
+        );
+        // A drift check queued with a poll: the reconcile is the poll's.
+        h.triggers.send(Trigger::Drift).await.unwrap();
+        h.triggers.send(Trigger::Poll).await.unwrap();
+        h.settle().await;
+        let st = h.status.lock().unwrap().clone();
+        assert_eq!(st.last.as_ref().unwrap().revision.as_deref(), Some("c2"));
+        assert_eq!(st.last.as_ref().unwrap().trigger, Some(Trigger::Poll));
+        assert_eq!(
+            st.triggers,
+            BTreeMap::from([(Trigger::Poll, 1), (Trigger::Drift, 1)])
+        );
         h.finish().await;
     }
 

@@ -458,3 +458,115 @@ fn uninstall_deletes_in_reverse_dependency_order_and_keeps_protected_kinds() {
     assert_eq!(report["parent_deleted"], true, "{report}");
     assert!(c.get(&n, &format!("secret/applyset-{n}")).is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_an_apply_after_the_objects_in_flight_and_a_rerun_finishes_it() {
+    use crate::reconcile::{CORPUS_OBJECTS, corpus_objects};
+    let Some(ns) = crate::kube::TestNamespace::new("apply-ctrl-c").await else {
+        return;
+    };
+    let (repo, _) = crate::reconcile::corpus_repo(&ns.name, &ns.name);
+    let args = |out: &str| {
+        vec![
+            "apply".to_string(),
+            "--repo".into(),
+            repo.path().display().to_string(),
+            "-c".into(),
+            "clusters/bench.yaml".into(),
+            "--kubeconfig".into(),
+            ns.kubeconfig.display().to_string(),
+            "--inventory-namespace".into(),
+            ns.name.clone(),
+            "--prune".into(),
+            "-o".into(),
+            out.into(),
+        ]
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = Command::new(pailot_bin())
+        .args(args("json"))
+        .env_remove("KUBECONFIG")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        if corpus_objects(&ns.client, &ns.name).await.0.len() >= 30 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "apply ended before Ctrl-C: {}",
+            std::fs::read_to_string(&err).unwrap()
+        );
+        assert!(t.elapsed() < std::time::Duration::from_secs(60));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let t = std::time::Instant::now();
+    let code = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "still running 30 s after SIGINT"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    let took = t.elapsed();
+    let stderr = std::fs::read_to_string(&err).unwrap();
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap())
+        .unwrap_or_else(|e| panic!("report is not JSON ({e}); stderr:\n{stderr}"));
+    let (members, _) = corpus_objects(&ns.client, &ns.name).await;
+    eprintln!(
+        "Ctrl-C during `pailot apply` of {CORPUS_OBJECTS} objects: exit {code} after {took:?}, {} applied, {} not",
+        members.len(),
+        report["not_applied"]
+    );
+    assert_eq!(code.code(), Some(130), "{stderr}");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    assert!(stderr.contains("stopped:"), "{stderr}");
+    assert_eq!(report["stopped"], true);
+    let reported = report["objects"].as_array().unwrap().len();
+    let not_applied = report["not_applied"].as_u64().unwrap() as usize;
+    assert!(not_applied > 0, "nothing was stopped: {stderr}");
+    assert_eq!(
+        reported + not_applied,
+        CORPUS_OBJECTS,
+        "every object is either reported or counted as not applied"
+    );
+    assert_eq!(
+        members.len(),
+        reported,
+        "what exists is what the report lists"
+    );
+    assert!(report["prunes"].as_array().unwrap().is_empty());
+
+    // The same command again finishes the job; nothing is left outside the ApplySet.
+    let r: Run = Command::new(pailot_bin())
+        .args(args("json"))
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let again: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(with_action(&again, "unchanged").len(), reported);
+    assert_eq!(
+        with_action(&again, "created").len(),
+        CORPUS_OBJECTS - reported
+    );
+    let (members, unlabelled) = corpus_objects(&ns.client, &ns.name).await;
+    assert_eq!(members.len(), CORPUS_OBJECTS);
+    assert!(unlabelled.is_empty(), "{unlabelled:?}");
+}

@@ -2,8 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ::kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
 use ::kube::{Api, Client};
@@ -12,7 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::json;
 
-use crate::kube::{TestNamespace, client_for, testcluster_bin, wait_for};
+use crate::kube::{PrivateCluster, TestNamespace, client_for, testcluster_bin, wait_for};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -300,89 +299,8 @@ async fn pod_larger_than_any_node_stays_pending_unschedulable() {
     );
 }
 
-/// A separate testcluster instance (own ports and dirs) for the restart test.
-struct Instance {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Instance {
-    fn start(dir: &Path, label: &str) -> Instance {
-        let log = dir.join(format!("testcluster-{label}.log"));
-        let ready = dir.join("ready");
-        let _ = std::fs::remove_file(&ready);
-        let out = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(testcluster_bin())
-            .arg("--kubeconfig")
-            .arg(dir.join("kubeconfig"))
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--ready-file")
-            .arg(&ready)
-            .args(["--node", "restart-node-1:pai-worker=true"])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawn testcluster");
-        let mut inst = Instance { child, log };
-        let start = Instant::now();
-        while !ready.exists() {
-            if let Some(st) = inst.child.try_wait().unwrap() {
-                panic!("testcluster exited ({st}) before ready:\n{}", inst.tail());
-            }
-            if start.elapsed() > Duration::from_secs(300) {
-                panic!("testcluster not ready after 300s:\n{}", inst.tail());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        inst
-    }
-
-    fn tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    /// SIGTERM and wait for a clean (exit 0) stop.
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        let st = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
-        assert!(st.success());
-        let start = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                assert!(
-                    st.success(),
-                    "testcluster exit status {st} after SIGTERM:\n{}",
-                    self.tail()
-                );
-                return;
-            }
-            if start.elapsed() > Duration::from_secs(60) {
-                let _ = self.child.kill();
-                panic!(
-                    "testcluster did not stop within 60s of SIGTERM:\n{}",
-                    self.tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
+/// The fake node of the restart test's private cluster.
+const NODE: &str = "restart-node-1:pai-worker=true";
 
 async fn client_of(dir: &Path) -> Client {
     client_for(&dir.join("kubeconfig")).await
@@ -401,7 +319,7 @@ async fn objects_survive_restart_with_data_dir() {
 
     let first = {
         let d = dir.clone();
-        tokio::task::spawn_blocking(move || Instance::start(&d, "first"))
+        tokio::task::spawn_blocking(move || PrivateCluster::start(&d, "first", &[NODE]))
             .await
             .unwrap()
     };
@@ -430,7 +348,7 @@ async fn objects_survive_restart_with_data_dir() {
 
     let second = {
         let d = dir.clone();
-        tokio::task::spawn_blocking(move || Instance::start(&d, "second"))
+        tokio::task::spawn_blocking(move || PrivateCluster::start(&d, "second", &[NODE]))
             .await
             .unwrap()
     };

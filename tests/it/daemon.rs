@@ -146,6 +146,126 @@ impl RunningDaemon {
     }
 }
 
+/// The real `pailot daemon --no-bootstrap` as a child process (so it gets real signals); its output goes to a
+/// log file shown by `tail()`. Killed on drop.
+pub struct DaemonProcess {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Start it with `config`, whose `server.listen` must be `addr`; logs to `log`.
+    pub fn start(config: &Path, addr: SocketAddr, log: PathBuf) -> Self {
+        let f = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(crate::harness::pailot_bin())
+            .args(["daemon", "--no-bootstrap", "--config"])
+            .arg(config)
+            .env("PAILOT_LOG", "info,kube=warn,hyper=warn")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(std::process::Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .expect("start pailot daemon");
+        DaemonProcess { child, addr, log }
+    }
+
+    /// The last 60 lines of its log.
+    pub fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(60);
+        format!("--- daemon log (tail) ---\n{}", lines[from..].join("\n"))
+    }
+
+    /// The whole log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics (with the log) when the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(st) = self.child.try_wait().unwrap() {
+            panic!("daemon exited ({st})\n{}", self.tail());
+        }
+    }
+
+    /// `GET path`: status code and body, `None` while it does not answer.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        crate::alerting_e2e::http_get(self.addr, path).await
+    }
+
+    /// `/status` as JSON, `None` while it does not answer.
+    pub async fn status(&self) -> Option<serde_json::Value> {
+        let (code, body) = self.get("/status").await?;
+        (code == 200).then(|| serde_json::from_str(&body).ok())?
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.map(|r| r.1).unwrap_or_default()
+    }
+
+    /// Poll `/status` until `pred` holds (or panic, with the log, after `limit`).
+    pub async fn wait_status(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let t = Instant::now();
+        loop {
+            self.assert_running();
+            let s = self.status().await;
+            if let Some(s) = &s
+                && pred(s)
+            {
+                return s.clone();
+            }
+            assert!(
+                t.elapsed() < limit,
+                "timed out after {limit:?} waiting for {what}; last status: {s:#?}\n{}",
+                self.tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Send `signal` (`TERM`, `INT`) and wait up to `limit` for the exit; the exit status and the time
+    /// from the signal to the exit.
+    pub async fn signal_and_wait(
+        &mut self,
+        signal: &str,
+        limit: Duration,
+    ) -> (std::process::ExitStatus, Duration) {
+        let pid = self.child.id().to_string();
+        let st = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -{signal} {pid}");
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (st, t.elapsed());
+            }
+            assert!(
+                t.elapsed() < limit,
+                "daemon still running {limit:?} after SIG{signal}\n{}",
+                self.tail()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// One HTTP/1.1 request over a fresh connection; returns status code and body.
 pub async fn http(
     addr: SocketAddr,
@@ -384,6 +504,43 @@ async fn without_bootstrap_record_it_serves_metrics_and_does_not_fetch() {
     assert_eq!(d.get("/healthz").await.0, 200);
     assert_eq!(d.get("/readyz").await.0, 503);
     d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_repository_is_watched_unless_watch_is_off() {
+    let repo = deploy_repo("hello");
+    repo.write("charts/web/templates/cm.yaml", BROKEN_TEMPLATE);
+    repo.commit("broken: each reconcile ends in a render error, the daemon idles in between");
+    for (extra, want) in [("", "refs"), ("  watch: off\n", "off")] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), repo.path(), None, "");
+        // `extra` belongs under `source:` (after `pollInterval`).
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "  pollInterval: 1h\n",
+            &format!("  pollInterval: 1h\n{extra}"),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        let d = RunningDaemon::start(&cfg, true).await;
+        let s = d
+            .wait_status(Duration::from_secs(20), "the first render failure", |s| {
+                s["phase"] == "idle" && s["lastReconcile"].is_object()
+            })
+            .await;
+        assert_eq!(s["source"]["watch"], want, "{s:#}");
+        // A commit reaches a watching daemon at once; with `watch: off` nothing fires before the (1 h) poll.
+        let before = |s: &serde_json::Value| s["source"]["triggers"]["watch"].as_u64().unwrap_or(0);
+        let n0 = before(&s);
+        repo.write("README.md", &format!("{want}\n"));
+        repo.commit(&format!("touch for {want}"));
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let n1 = before(&d.status().await);
+        if want == "refs" {
+            assert!(n1 > n0, "the commit did not trigger the watch");
+        } else {
+            assert_eq!(n1, 0, "a watch fired with watch: off");
+        }
+        d.shutdown().await;
+    }
 }
 
 #[test]

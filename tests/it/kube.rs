@@ -13,7 +13,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -304,6 +304,108 @@ where
                 panic!("timed out after {timeout:?} waiting for {what}; last state: {state}")
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// A private testcluster instance (own ports, own directory) for tests that stop and restart the control
+/// plane. `<dir>/kubeconfig` is its admin kubeconfig; `<dir>/data` keeps etcd, the CA and the port, so a
+/// restart with the same `dir` serves the same objects at the same address with the same kubeconfig.
+pub struct PrivateCluster {
+    child: Child,
+    log: PathBuf,
+    dir: PathBuf,
+}
+
+impl PrivateCluster {
+    /// Start it in `dir` (log `testcluster-<label>.log`) with fake `nodes` (`NAME[:label=value,...]`) and
+    /// wait until it is ready (blocking: call from `spawn_blocking` in async tests).
+    pub fn start(dir: &Path, label: &str, nodes: &[&str]) -> PrivateCluster {
+        let log = dir.join(format!("testcluster-{label}.log"));
+        let ready = dir.join("ready");
+        let _ = std::fs::remove_file(&ready);
+        let out = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(testcluster_bin());
+        cmd.arg("--kubeconfig")
+            .arg(dir.join("kubeconfig"))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--ready-file")
+            .arg(&ready);
+        for n in nodes {
+            cmd.args(["--node", n]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn testcluster");
+        let mut inst = PrivateCluster {
+            child,
+            log,
+            dir: dir.to_path_buf(),
+        };
+        let start = Instant::now();
+        while !ready.exists() {
+            if let Some(st) = inst.child.try_wait().unwrap() {
+                panic!("testcluster exited ({st}) before ready:\n{}", inst.tail());
+            }
+            if start.elapsed() > Duration::from_secs(300) {
+                panic!("testcluster not ready after 300s:\n{}", inst.tail());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        inst
+    }
+
+    /// Its admin kubeconfig.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// The last 40 lines of its log.
+    pub fn tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// SIGTERM and wait for a clean (exit 0) stop (blocking).
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let st = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(
+                    st.success(),
+                    "testcluster exit status {st} after SIGTERM:\n{}",
+                    self.tail()
+                );
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = self.child.kill();
+                panic!(
+                    "testcluster did not stop within 60s of SIGTERM:\n{}",
+                    self.tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }

@@ -8,6 +8,7 @@ mod chart;
 mod cluster_smoke;
 mod daemon;
 mod daemon_notify;
+mod daemon_outage;
 mod diff;
 mod explain;
 mod golden;

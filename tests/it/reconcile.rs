@@ -1,13 +1,14 @@
 //! The daemon end to end against the real control plane (tests/cluster): commit → applied latency,
 //! a broken commit refused while the previous revision stays applied, drift corrected and reported.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 
-use crate::daemon::{RunningDaemon, metric_sum, write_config};
+use crate::daemon::{DaemonProcess, RunningDaemon, metric_sum, write_config};
 use crate::kube::TestNamespace;
 use crate::source::TempRepo;
 
@@ -284,8 +285,12 @@ async fn kubectl_scale_drift_is_corrected_within_10s_or_only_reported_in_warn_mo
     d.shutdown().await;
 }
 
+/// Poll interval and jitter of the poll-only test.
+const POLL: Duration = Duration::from_secs(2);
+const JITTER: f64 = 0.25;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_push_to_a_file_url_bare_remote_lands_within_one_poll_interval() {
+async fn a_push_to_a_poll_only_file_url_bare_remote_lands_within_one_poll_interval() {
     let Some(ns) = TestNamespace::new("daemon-remote").await else {
         return;
     };
@@ -303,11 +308,13 @@ async fn a_push_to_a_file_url_bare_remote_lands_within_one_poll_interval() {
     );
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("pailot.yaml");
+    // `watch: off`: the file:// remote is only polled (with `auto` its refs would be watched).
     std::fs::write(
         &cfg,
         format!(
-            "apiVersion: pailot.dev/v1\nkind: DaemonConfig\nsource:\n  url: file://{}\n  cluster: clusters/test.yaml\n  pollInterval: 3s\n  pollJitter: 0\nkubeconfig: {}\nstateDir: {}\nreconcile:\n  wait: false\n",
+            "apiVersion: pailot.dev/v1\nkind: DaemonConfig\nsource:\n  url: file://{}\n  cluster: clusters/test.yaml\n  pollInterval: {}s\n  pollJitter: {JITTER}\n  watch: off\nkubeconfig: {}\nstateDir: {}\nreconcile:\n  wait: false\n  driftInterval: 1h\n",
             bare.path().display(),
+            POLL.as_secs(),
             ns.kubeconfig.display(),
             dir.path().join("state").display()
         ),
@@ -315,14 +322,41 @@ async fn a_push_to_a_file_url_bare_remote_lands_within_one_poll_interval() {
     .unwrap();
     let d = RunningDaemon::start(&cfg, true).await;
     wait_greeting(&ns, "r0", Duration::from_secs(60)).await;
-    set_greeting(&work, "r1");
-    let t = Instant::now();
-    work.git(&["push", "-q", &bare.path().display().to_string(), "main"]);
-    let took = wait_greeting(&ns, "r1", Duration::from_secs(3)).await;
+    let s = d.status().await;
+    assert_eq!(s["source"]["watch"], "off", "{s:#}");
+    assert_eq!(s["source"]["pollIntervalSeconds"], 2.0, "{s:#}");
+
+    // A change lands within one poll interval plus its jitter plus the reconcile (fetch, render, apply of one
+    // ConfigMap: well under 1 s; 1.5 s allowed for a loaded machine).
+    let bound = POLL.mul_f64(1.0 + JITTER) + Duration::from_millis(1500);
+    let mut took = Vec::new();
+    for i in 1..=3 {
+        let want = format!("r{i}");
+        let rev = set_greeting(&work, &want);
+        let t = Instant::now();
+        work.git(&["push", "-q", &bare.path().display().to_string(), "main"]);
+        wait_greeting(&ns, &want, bound).await;
+        took.push(t.elapsed());
+        let s = d
+            .wait_status(Duration::from_secs(5), "the reconcile's status", |s| {
+                s["lastReconcile"]["revision"] == rev.as_str()
+            })
+            .await;
+        assert_eq!(
+            s["lastReconcile"]["trigger"], "poll",
+            "landed by something else than a poll: {s:#}"
+        );
+    }
     eprintln!(
-        "push to file:// bare remote → applied in {:?}",
-        t.elapsed().max(took)
+        "push to a poll-only file:// bare remote (poll {POLL:?}, jitter {JITTER}) → applied in {took:?} (bound {bound:?})"
     );
+    let s = d.status().await;
+    let triggers = &s["source"]["triggers"];
+    assert!(
+        triggers["watch"].is_null(),
+        "a watch fired with watch: off: {s:#}"
+    );
+    assert!(triggers["poll"].as_u64().unwrap_or(0) >= 3, "{s:#}");
     d.shutdown().await;
 }
 
@@ -395,12 +429,9 @@ async fn with_leader_election_only_the_leader_applies_and_a_standby_takes_over()
     b.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stop_during_a_long_apply_then_restart_converges_with_a_consistent_inventory() {
-    let Some(ns) = TestNamespace::new("daemon-sigterm").await else {
-        return;
-    };
-    // The 600-object corpus, renamed to this namespace.
+/// The 600-object corpus (tests/fixtures/apply/bench-corpus) in a fresh repository, its cluster (and so its
+/// ApplySet parent `applyset-<name>`) named `name` in namespace `ns`; the repository and its head commit.
+pub fn corpus_repo(name: &str, ns: &str) -> (TempRepo, String) {
     let repo = TempRepo::new();
     let corpus = crate::harness::repo_root().join("tests/fixtures/apply/bench-corpus");
     for entry in walk(&corpus) {
@@ -412,60 +443,251 @@ async fn stop_during_a_long_apply_then_restart_converges_with_a_consistent_inven
             .to_string();
         let text = std::fs::read_to_string(&entry).unwrap();
         let text = if rel == "clusters/bench.yaml" {
-            text.replace("name: bench", &format!("name: {}", ns.name))
-                .replace("namespace: bench", &format!("namespace: {}", ns.name))
+            text.replace("name: bench", &format!("name: {name}"))
+                .replace("namespace: bench", &format!("namespace: {ns}"))
         } else {
             text
         };
         repo.write(&rel, &text);
     }
     let head = repo.commit("corpus");
-    let dir = tempfile::tempdir().unwrap();
+    (repo, head)
+}
+
+/// Objects the corpus renders.
+pub const CORPUS_OBJECTS: usize = 600;
+
+/// A daemon configuration for a corpus repository: no health wait, no drift sweep, no polling (1 h); `extra`
+/// is appended (top-level YAML).
+pub fn corpus_config(dir: &Path, repo: &TempRepo, kubeconfig: &Path, extra: &str) -> PathBuf {
     let cfg = write_config(
-        dir.path(),
+        dir,
         repo.path(),
-        Some(&ns.kubeconfig),
-        "reconcile:\n  wait: false\n  driftInterval: 1h\n",
+        Some(kubeconfig),
+        &format!("reconcile:\n  wait: false\n  driftInterval: 1h\n{extra}"),
     );
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("clusters/test.yaml", "clusters/bench.yaml");
     std::fs::write(&cfg, text).unwrap();
+    cfg
+}
 
-    let d = RunningDaemon::start(&cfg, true).await;
-    d.wait_status(Duration::from_secs(60), "apply in progress", |s| {
-        s["phase"] == "applying"
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let t = Instant::now();
-    d.shutdown().await; // the SIGTERM path: stop, finish what is in flight, write state
-    eprintln!("stop during apply took {:?}", t.elapsed());
+/// The ConfigMaps, Secrets, Services and Deployments in `ns` (as `Kind/name`): those labelled as members of an
+/// ApplySet, and those that are not (orphans; the namespace's own `kube-root-ca.crt` aside).
+pub async fn corpus_objects(client: &kube::Client, ns: &str) -> (BTreeSet<String>, Vec<String>) {
+    use kube::api::{Api, ListParams};
+    use kube::core::PartialObjectMeta;
+    async fn names<K>(
+        client: &kube::Client,
+        ns: &str,
+        kind: &str,
+        members: &mut BTreeSet<String>,
+        others: &mut Vec<String>,
+    ) where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        let api: Api<K> = Api::namespaced(client.clone(), ns);
+        let list = api
+            .list_metadata(&ListParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("list {kind} in {ns}: {e}"));
+        for o in list.items {
+            let o: PartialObjectMeta<K> = o;
+            let name = o.metadata.name.clone().unwrap_or_default();
+            if kind == "ConfigMap" && name == "kube-root-ca.crt" {
+                continue;
+            }
+            let labelled = o
+                .metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key("applyset.kubernetes.io/part-of"));
+            let id = format!("{kind}/{name}");
+            if labelled {
+                members.insert(id);
+            } else {
+                others.push(id);
+            }
+        }
+    }
+    let (mut members, mut others) = (BTreeSet::new(), Vec::new());
+    names::<ConfigMap>(client, ns, "ConfigMap", &mut members, &mut others).await;
+    names::<k8s_openapi::api::core::v1::Secret>(client, ns, "Secret", &mut members, &mut others)
+        .await;
+    names::<k8s_openapi::api::core::v1::Service>(client, ns, "Service", &mut members, &mut others)
+        .await;
+    names::<Deployment>(client, ns, "Deployment", &mut members, &mut others).await;
+    // The ApplySet parent lives in the same namespace; it is not a member of itself.
+    others.retain(|o| !o.starts_with("Secret/applyset-"));
+    (members, others)
+}
 
-    let d = RunningDaemon::start(&cfg, true).await;
-    d.wait_status(Duration::from_secs(180), "converged", |s| {
-        s["revision"] == head.as_str() && s["phase"] == "idle"
-    })
-    .await;
-    d.shutdown().await;
-    let cms: kube::Api<ConfigMap> = ns.api();
-    let members = cms
-        .list(&kube::api::ListParams::default().labels("applyset.kubernetes.io/part-of"))
-        .await
-        .unwrap();
-    assert_eq!(
-        members.items.len(),
-        300,
-        "every ConfigMap applied exactly once, all labelled as members"
-    );
+/// `state.json` in `state_dir`: the inventory copy as `Kind/name`, and `lastAppliedRevision`.
+pub fn state_inventory(state_dir: &Path) -> (BTreeSet<String>, Option<String>) {
     let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("state/state.json")).unwrap())
-            .unwrap();
-    assert_eq!(state["lastAppliedRevision"], head.as_str());
+        serde_json::from_slice(&std::fs::read(state_dir.join("state.json")).unwrap()).unwrap();
+    let inventory = state["inventory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap(),
+                o["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    (
+        inventory,
+        state["lastAppliedRevision"].as_str().map(String::from),
+    )
+}
+
+/// The group kinds the ApplySet parent `applyset-<name>` in `ns` records.
+pub async fn parent_group_kinds(client: &kube::Client, ns: &str, name: &str) -> String {
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), ns);
+    let parent = secrets
+        .get(&format!("applyset-{name}"))
+        .await
+        .unwrap_or_else(|e| panic!("ApplySet parent applyset-{name} in {ns}: {e}"));
+    parent
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .get("applyset.kubernetes.io/contains-group-kinds")
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// After a stop (or a failure) mid-apply and after convergence: every object of the namespace is a labelled
+/// member, the state file lists exactly those, and the parent records all four kinds.
+pub async fn assert_inventory_consistent(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    state_dir: &Path,
+) -> BTreeSet<String> {
+    let (members, unlabelled) = corpus_objects(client, ns).await;
+    assert!(
+        unlabelled.is_empty(),
+        "objects without the ApplySet member label: {unlabelled:?}"
+    );
+    let (inventory, _) = state_inventory(state_dir);
+    let orphans: Vec<&String> = members.difference(&inventory).collect();
+    assert!(
+        orphans.is_empty(),
+        "{} object(s) in the cluster but not in state.json's inventory, e.g. {:?}",
+        orphans.len(),
+        &orphans[..orphans.len().min(5)]
+    );
+    let ghosts: Vec<&String> = inventory.difference(&members).collect();
+    assert!(
+        ghosts.is_empty(),
+        "{} object(s) in state.json's inventory but not in the cluster, e.g. {:?}",
+        ghosts.len(),
+        &ghosts[..ghosts.len().min(5)]
+    );
+    let kinds = parent_group_kinds(client, ns, name).await;
+    for k in ["ConfigMap", "Secret", "Service", "Deployment.apps"] {
+        assert!(
+            kinds.split(',').any(|x| x == k),
+            "the ApplySet parent does not record {k}: {kinds:?}"
+        );
+    }
+    members
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_long_apply_exits_promptly_and_a_restart_converges_with_a_consistent_inventory()
+ {
+    let Some(ns) = TestNamespace::new("daemon-sigterm").await else {
+        return;
+    };
+    let (repo, head) = corpus_repo(&ns.name, &ns.name);
+    let dir = tempfile::tempdir().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cfg = corpus_config(
+        dir.path(),
+        &repo,
+        &ns.kubeconfig,
+        &format!("server:\n  listen: {addr}\n"),
+    );
+    let state_dir = dir.path().join("state");
+
+    let mut d = DaemonProcess::start(&cfg, addr, dir.path().join("daemon-1.log"));
+    // SIGTERM once the apply is well under way: some objects exist, most do not yet.
+    let t = Instant::now();
+    let before = loop {
+        let (m, _) = corpus_objects(&ns.client, &ns.name).await;
+        if m.len() >= 30 {
+            break m.len();
+        }
+        d.assert_running();
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the apply did not start within 120 s\n{}",
+            d.tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (code, took) = d.signal_and_wait("TERM", Duration::from_secs(30)).await;
+    let (members, _) = corpus_objects(&ns.client, &ns.name).await;
+    eprintln!(
+        "SIGTERM during the {CORPUS_OBJECTS}-object apply ({before} objects there at the signal, {} at the exit): exit {code} after {took:?}",
+        members.len()
+    );
+    assert!(code.success(), "exit {code}\n{}", d.tail());
+    // Target: well under 2 s (measured ~0.1 s); 5 s leaves room for a loaded machine.
+    assert!(
+        took < Duration::from_secs(5),
+        "SIGTERM → exit took {took:?}\n{}",
+        d.tail()
+    );
+    assert!(
+        members.len() < CORPUS_OBJECTS,
+        "the apply had finished before SIGTERM: nothing was stopped\n{}",
+        d.tail()
+    );
+    let log = d.log();
+    assert!(log.contains("apply stopped"), "{}", d.tail());
+    drop(d);
+    // The state is what was really applied: the revision is not recorded as applied, and the inventory copy
+    // lists every object that exists (nothing orphaned).
+    let (_, applied) = state_inventory(&state_dir);
     assert_eq!(
-        state["inventory"].as_array().map(Vec::len),
-        Some(600),
-        "inventory copy lists every object"
+        applied, None,
+        "a partly applied revision must not be recorded as applied"
+    );
+    let stopped = assert_inventory_consistent(&ns.client, &ns.name, &ns.name, &state_dir).await;
+    assert_eq!(stopped, members);
+
+    // A restart re-applies the revision and converges.
+    let mut d = DaemonProcess::start(&cfg, addr, dir.path().join("daemon-2.log"));
+    let t = Instant::now();
+    let s = d
+        .wait_status(Duration::from_secs(180), "converged", |s| {
+            s["revision"] == head.as_str() && s["phase"] == "idle"
+        })
+        .await;
+    eprintln!("restart → converged in {:?}", t.elapsed());
+    assert_eq!(s["lastReconcile"]["result"], "success", "{s:#}");
+    assert_eq!(s["lastReconcile"]["trigger"], "startup", "{s:#}");
+    assert_eq!(d.get("/readyz").await.map(|r| r.0), Some(200));
+    let (code, idle_stop) = d.signal_and_wait("TERM", Duration::from_secs(30)).await;
+    assert!(code.success(), "exit {code}\n{}", d.tail());
+    eprintln!("SIGTERM while idle → exit after {idle_stop:?}");
+    let members = assert_inventory_consistent(&ns.client, &ns.name, &ns.name, &state_dir).await;
+    assert_eq!(members.len(), CORPUS_OBJECTS);
+    assert_eq!(
+        state_inventory(&state_dir).1.as_deref(),
+        Some(head.as_str())
     );
 }
 

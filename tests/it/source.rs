@@ -95,6 +95,7 @@ pub fn source_config(location: RepoLocation, git_ref: GitRef) -> SourceConfig {
         overlays: None,
         poll_interval: Duration::from_secs(60),
         poll_jitter: 0.0,
+        watch: pailot::daemon::config::SourceWatch::Auto,
         ssh_key_file: None,
         token: None,
         allowed_signers_file: None,
