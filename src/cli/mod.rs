@@ -77,6 +77,9 @@ pub enum Command {
     /// Turn a paictl quick-start.yaml into a Cluster file (never writes SSH passwords).
     Init(init::InitArgs),
     /// Render manifests (deterministic order, byte-identical across runs).
+    ///
+    /// Charts are loaded, rendered and printed on all cores; the output is the same bytes as a
+    /// sequential run (`PAILOT_THREADS=1`).
     Render(render::RenderArgs),
     /// Show where a field's value came from: template, values key, overlay patch op.
     Explain(explain::ExplainArgs),
