@@ -1281,8 +1281,7 @@ data:
             any::<i64>().prop_map(|n| json!(n)),
             (-1.0e6f64..1.0e6).prop_map(|f| json!(f)),
             "[ -~]{0,12}".prop_map(Value::String),
-            "(yes|no|on|0644|1Gi|10\\.0\\.0\\.1|a: b|- x|#c|'q'|\"d\"|\\|)"
-                .prop_map(Value::String),
+            "(yes|no|on|0644|1Gi|10\\.0\\.0\\.1|a: b|- x|#c|'q'|\"d\"|\\|)".prop_map(Value::String),
             "[a-z ]{0,5}\n[a-z ]{0,5}\n?".prop_map(Value::String),
         ];
         leaf.prop_recursive(4, 48, 6, |inner| {

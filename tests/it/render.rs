@@ -192,3 +192,31 @@ fn provenance_mode_does_not_change_the_objects() {
         "dependsOn outside the render is dropped"
     );
 }
+
+/// Charts are loaded, rendered and emitted on several threads; the bytes must not depend on it.
+#[test]
+fn parallel_and_sequential_renders_are_the_same_bytes() {
+    let root = crate::harness::repo_root();
+    let run = |threads: &str| {
+        let out = std::process::Command::new(crate::harness::pailot_bin())
+            .current_dir(&root)
+            .env("PAILOT_THREADS", threads)
+            .args(["render", "--cluster", "clusters/three-node.yaml"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let sequential = run("1");
+    assert!(sequential.len() > 10_000);
+    for threads in ["2", "7"] {
+        assert!(
+            run(threads) == sequential,
+            "PAILOT_THREADS={threads} changed the output"
+        );
+    }
+}
