@@ -181,6 +181,9 @@ pub fn table(s: &StatusSnapshot, now: f64) -> String {
     }
     if let Some(r) = &s.last_reconcile {
         let mut v = r.result.clone();
+        if let Some(tr) = &r.trigger {
+            let _ = write!(v, " ({tr})");
+        }
         if let Some(d) = r.duration_seconds {
             let _ = write!(v, " in {d:.1}s");
         }
@@ -194,6 +197,21 @@ pub fn table(s: &StatusSnapshot, now: f64) -> String {
     }
     if let Some(t) = s.next_wakeup {
         head.push(vec!["NEXT WAKE-UP".into(), relative(t, now)]);
+    }
+    if let Some(src) = &s.source {
+        let mut v = format!(
+            "watch {}, poll every {}s",
+            src.watch, src.poll_interval_seconds
+        );
+        if !src.triggers.is_empty() {
+            let counts: Vec<String> = src
+                .triggers
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            let _ = write!(v, "; triggers: {}", counts.join(", "));
+        }
+        head.push(vec!["SOURCE".into(), v]);
     }
     let mut out = columns(&head);
     if !s.charts.is_empty() {
@@ -272,7 +290,7 @@ pub fn table(s: &StatusSnapshot, now: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::{ChartStatus, DriftRecord, ReconcileStatus, StatusError};
+    use crate::server::{ChartStatus, DriftRecord, ReconcileStatus, SourceStatus, StatusError};
 
     #[test]
     fn parses_urls() {
@@ -301,11 +319,17 @@ mod tests {
         };
         s.last_reconcile = Some(ReconcileStatus {
             result: "failure".into(),
+            trigger: Some("commit".into()),
             finished_at: Some(990.0),
             duration_seconds: Some(1.25),
             ..Default::default()
         });
         s.next_wakeup = Some(1030.0);
+        s.source = Some(SourceStatus {
+            watch: "off".into(),
+            poll_interval_seconds: 2.0,
+            triggers: [("poll".to_string(), 3), ("webhook".to_string(), 1)].into(),
+        });
         s.charts.insert(
             "grafana".into(),
             ChartStatus {
@@ -335,7 +359,11 @@ mod tests {
         let t = table(&s, 1000.0);
         assert!(t.contains("REVISION        abc123"), "{t}");
         assert!(
-            t.contains("LAST RECONCILE  failure in 1.2s, 10s ago"),
+            t.contains("LAST RECONCILE  failure (commit) in 1.2s, 10s ago"),
+            "{t}"
+        );
+        assert!(
+            t.contains("SOURCE          watch off, poll every 2s; triggers: poll 3, webhook 1"),
             "{t}"
         );
         assert!(t.contains("NEXT WAKE-UP    in 30s"), "{t}");
