@@ -152,6 +152,7 @@ pub fn load_chart(repo_root: &Path, dir: &Path) -> Result<Chart, InputError> {
         })?;
     }
     names.sort();
+    let mut statics: HashMap<String, Arc<str>> = HashMap::new();
     for name in names {
         let full = tdir.join(&name);
         let path = rel_path(repo_root, &full);
@@ -160,16 +161,27 @@ pub fn load_chart(repo_root: &Path, dir: &Path) -> Result<Chart, InputError> {
         let rendered = !name.contains('/')
             && !base.starts_with('_')
             && RENDERED_EXTENSIONS.iter().any(|e| base.ends_with(e));
-        let source: Arc<str> = Arc::from(source);
-        env.add_template_owned(name.clone(), source.to_string())
-            .map_err(|e| super::render::template_error(&rel_dir, &e, None))?;
+        // A rendered file without template syntax renders to itself: it is not compiled
+        // (a chart of plain manifests costs no template memory), but stays includable.
+        let static_text = (rendered && !has_template_syntax(&source)).then(|| {
+            let text: Arc<str> = Arc::from(source.as_str());
+            statics.insert(name.clone(), text.clone());
+            text
+        });
+        if static_text.is_none() {
+            env.add_template_owned(name.clone(), source)
+                .map_err(|e| super::render::template_error(&rel_dir, &e, None))?;
+        }
         templates.push(TemplateFile {
             name,
             path,
             rendered,
-            source,
+            static_text,
             index: std::sync::OnceLock::new(),
         });
+    }
+    if !statics.is_empty() {
+        env.set_loader(move |name| Ok(statics.get(name).map(|s| s.to_string())));
     }
 
     let mut files = Vec::new();
@@ -194,6 +206,20 @@ pub fn load_chart(repo_root: &Path, dir: &Path) -> Result<Chart, InputError> {
         files,
         env: Arc::new(env),
     })
+}
+
+/// Whether `source` holds any minijinja syntax (`{{`, `{%`, `{#`).
+fn has_template_syntax(source: &str) -> bool {
+    source
+        .as_bytes()
+        .windows(2)
+        .any(|w| w[0] == b'{' && matches!(w[1], b'{' | b'%' | b'#'))
+}
+
+/// What minijinja renders for a template without syntax: the text without one final line end.
+pub(crate) fn static_output(text: &str) -> &str {
+    let t = text.strip_suffix('\n').unwrap_or(text);
+    t.strip_suffix('\r').unwrap_or(t)
 }
 
 /// Collect regular files under `dir` as `/`-separated paths relative to `root`.
@@ -390,6 +416,30 @@ fn scan_refs(expr: &str, out: &mut Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn static_templates_render_like_minijinja() {
+        let env = crate::chart::filters::new_environment();
+        for text in [
+            "a: 1\n",
+            "a: 1",
+            "a: 1\n\n",
+            "a: 1\r\n",
+            "",
+            "\n",
+            "a: '{ x }'\n# }} %}\n",
+        ] {
+            assert!(!has_template_syntax(text), "{text:?}");
+            assert_eq!(
+                static_output(text),
+                env.render_str(text, ()).unwrap(),
+                "{text:?}"
+            );
+        }
+        for text in ["{{ x }}", "a: {% if true %}1{% endif %}", "{# c #}", "x{{"] {
+            assert!(has_template_syntax(text), "{text:?}");
+        }
+    }
 
     #[test]
     fn references_found_in_expressions() {

@@ -64,16 +64,22 @@ pub struct TemplateFile {
     pub path: String,
     /// True when rendered on its own (not a `_` partial, and a YAML template extension).
     pub rendered: bool,
-    /// The template source, indexed for provenance only when a render records origins.
-    pub(crate) source: std::sync::Arc<str>,
+    /// The text of a rendered template without template syntax (not compiled: it renders to
+    /// itself, less one final line end, as minijinja would).
+    pub(crate) static_text: Option<std::sync::Arc<str>>,
+    /// The line index provenance uses, built on first use (plain renders never pay for it).
     pub(crate) index: std::sync::OnceLock<load::TemplateIndex>,
 }
 
 impl TemplateFile {
-    /// The line index provenance uses (built on first use: plain renders never pay for it).
-    pub(crate) fn index(&self) -> &load::TemplateIndex {
+    /// The line index of this template, whose source `env` (its chart's environment) holds.
+    pub(crate) fn index(&self, env: &minijinja::Environment<'static>) -> &load::TemplateIndex {
         self.index
-            .get_or_init(|| load::TemplateIndex::build(&self.source))
+            .get_or_init(|| match (&self.static_text, env.get_template(&self.name)) {
+                (Some(text), _) => load::TemplateIndex::build(text),
+                (None, Ok(t)) => load::TemplateIndex::build(t.source()),
+                (None, Err(_)) => load::TemplateIndex::build(""),
+            })
     }
 }
 

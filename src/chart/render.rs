@@ -160,13 +160,20 @@ pub fn render_chart(
         .to_string();
     let mut raw: Vec<(&TemplateFile, usize, Value)> = Vec::new();
     for t in chart.rendered_templates() {
-        let tmpl = chart
-            .env
-            .get_template(&t.name)
-            .map_err(|e| template_error(&chart.rel_dir, &e, Some(chart)))?;
-        let text = tmpl
-            .render(&context)
-            .map_err(|e| template_error(&chart.rel_dir, &e, Some(chart)))?;
+        let rendered;
+        let text: &str = match &t.static_text {
+            Some(s) => super::load::static_output(s),
+            None => {
+                let tmpl = chart
+                    .env
+                    .get_template(&t.name)
+                    .map_err(|e| template_error(&chart.rel_dir, &e, Some(chart)))?;
+                rendered = tmpl
+                    .render(&context)
+                    .map_err(|e| template_error(&chart.rel_dir, &e, Some(chart)))?;
+                &rendered
+            }
+        };
         let docs = super::yaml::parse_yaml_documents(&text, &t.path).map_err(|mut e| {
             e.message = format!("rendered output is not valid YAML: {}", e.message);
             e.place = Some(match e.line {
@@ -248,7 +255,7 @@ pub fn render_chart(
             *c - 1
         };
         let mut origins = match &leaf_index {
-            Some(index) => origins_for(t, &obj, &id.kind, nth, values, index),
+            Some(index) => origins_for(t, &chart.env, &obj, &id.kind, nth, values, index),
             None => BTreeMap::new(),
         };
         // Set by pailot, not by a template line.
@@ -364,15 +371,17 @@ fn pointer_to_dotted(p: &str) -> String {
 }
 
 /// Best-effort origin of every leaf (see docs/provenance.md).
+#[allow(clippy::too_many_arguments)]
 fn origins_for(
     t: &TemplateFile,
+    env: &minijinja::Environment<'static>,
     obj: &Value,
     kind: &str,
     nth: usize,
     values: &MergedValues,
     index: &ValuesIndex,
 ) -> BTreeMap<String, Origin> {
-    let ti = t.index();
+    let ti = t.index(env);
     // Block of template lines this document most likely comes from.
     let candidates: Vec<usize> = ti
         .kind_lines
@@ -432,7 +441,7 @@ fn origins_for(
                 }
             }
             let origin = line
-                .and_then(|l| values_origin(t, l, &segs[matched..], leaf, values, index))
+                .and_then(|l| values_origin(t, ti, l, &segs[matched..], leaf, values, index))
                 .unwrap_or(Origin::Template {
                     file: t.path.clone(),
                     line,
@@ -445,13 +454,14 @@ fn origins_for(
 
 fn values_origin(
     t: &TemplateFile,
+    ti: &crate::chart::load::TemplateIndex,
     line: usize,
     rest: &[String],
     leaf: &Value,
     values: &MergedValues,
     index: &ValuesIndex,
 ) -> Option<Origin> {
-    let refs = t.index().line_refs.get(line)?;
+    let refs = ti.line_refs.get(line)?;
     for r in refs {
         let path = r.strip_prefix("values.").unwrap_or(r);
         if path == "values" {

@@ -539,3 +539,32 @@ fn schema_error_points_at_the_line_in_the_layer_file() {
     assert_eq!(err.pointer.as_deref(), Some("/config/port"));
     assert_eq!(err.line, Some(8), "{err}");
 }
+
+/// A manifest without template syntax is not compiled, but renders the same (with provenance)
+/// and another template can still include it.
+#[test]
+fn plain_manifest_renders_as_itself_and_stays_includable() {
+    let t = TempTree::new();
+    t.write(
+        "charts/plain/Chart.yaml",
+        "apiVersion: pailot.dev/v1\nname: plain\nversion: 0.1.0\n",
+    );
+    t.write(
+        "charts/plain/templates/a.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  k: v\n",
+    );
+    t.write(
+        "charts/plain/templates/b.yaml",
+        "{% filter replace(\"name: a\", \"name: b\") %}{% include \"a.yaml\" %}{% endfilter %}\n",
+    );
+    let c = load_chart(t.path(), &t.path().join("charts/plain")).unwrap_or_else(|e| panic!("{e}"));
+    let docs = render_with(&c, vec![]).1.unwrap();
+    assert_eq!(find(&docs, "ConfigMap", "a").object["data"]["k"], "v");
+    assert_eq!(find(&docs, "ConfigMap", "b").object["data"]["k"], "v");
+    let a = find(&docs, "ConfigMap", "a");
+    assert!(
+        matches!(a.origins.get("/data/k"), Some(Origin::Template { file, line: Some(6) }) if file.ends_with("a.yaml")),
+        "{:?}",
+        a.origins.get("/data/k")
+    );
+}
