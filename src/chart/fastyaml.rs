@@ -763,23 +763,28 @@ impl<'a> Reader<'a, '_> {
             if map.insert(key, v).is_some() {
                 return None;
             }
-            self.flow_ws(parent)?;
-            match self.peek()? {
-                b',' => {
-                    self.pos += 1;
-                    self.flow_ws(parent)?;
-                    if self.peek()? == b'}' {
-                        self.pos += 1;
-                        return Some(Value::Object(map));
-                    }
-                }
-                b'}' => {
-                    self.pos += 1;
-                    return Some(Value::Object(map));
-                }
-                _ => return None,
+            if self.flow_entry_end(parent, b'}')? {
+                return Some(Value::Object(map));
             }
         }
+    }
+
+    /// After an entry of a flow collection closed by `close`: `true` when the collection ends
+    /// (a trailing comma allowed), `false` when another entry follows a comma.
+    fn flow_entry_end(&mut self, parent: i64, close: u8) -> Option<bool> {
+        self.flow_ws(parent)?;
+        let b = self.peek()?;
+        if b == b',' {
+            self.pos += 1;
+            self.flow_ws(parent)?;
+            if self.peek()? != close {
+                return Some(false);
+            }
+        } else if b != close {
+            return None; // includes `[a: b]`
+        }
+        self.pos += 1;
+        Some(true)
     }
 
     fn flow_seq(&mut self, parent: i64) -> Option<Value> {
@@ -796,21 +801,8 @@ impl<'a> Reader<'a, '_> {
             }
             let item = self.seq_item(items.len(), |r| r.flow_node(parent))?;
             items.push(item);
-            self.flow_ws(parent)?;
-            match self.peek()? {
-                b',' => {
-                    self.pos += 1;
-                    self.flow_ws(parent)?;
-                    if self.peek()? == b']' {
-                        self.pos += 1;
-                        return Some(Value::Array(items));
-                    }
-                }
-                b']' => {
-                    self.pos += 1;
-                    return Some(Value::Array(items));
-                }
-                _ => return None, // includes `[a: b]`
+            if self.flow_entry_end(parent, b']')? {
+                return Some(Value::Array(items));
             }
         }
     }

@@ -35,8 +35,14 @@ impl From<Output> for Run {
 
 /// Run `pailot ARGS` in `dir`.
 pub fn pailot_in(dir: &Path, args: &[&str]) -> Run {
+    pailot_env(dir, &[], args)
+}
+
+/// Run `pailot ARGS` in `dir` with extra environment variables.
+pub fn pailot_env(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
     Command::new(pailot_bin())
         .current_dir(dir)
+        .envs(env.iter().copied())
         .args(args)
         .output()
         .expect("run pailot")

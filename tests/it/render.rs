@@ -198,18 +198,13 @@ fn provenance_mode_does_not_change_the_objects() {
 fn parallel_and_sequential_renders_are_the_same_bytes() {
     let root = crate::harness::repo_root();
     let run = |threads: &str| {
-        let out = std::process::Command::new(crate::harness::pailot_bin())
-            .current_dir(&root)
-            .env("PAILOT_THREADS", threads)
-            .args(["render", "--cluster", "clusters/three-node.yaml"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let r = crate::harness::pailot_env(
+            &root,
+            &[("PAILOT_THREADS", threads)],
+            &["render", "--cluster", "clusters/three-node.yaml"],
         );
-        out.stdout
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r.stdout
     };
     let sequential = run("1");
     assert!(sequential.len() > 10_000);
