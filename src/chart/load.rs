@@ -210,10 +210,11 @@ pub fn load_chart(repo_root: &Path, dir: &Path) -> Result<Chart, InputError> {
 
 /// Whether `source` holds any minijinja syntax (`{{`, `{%`, `{#`).
 fn has_template_syntax(source: &str) -> bool {
+    // `match_indices` on a char finds candidates with memchr.
+    let b = source.as_bytes();
     source
-        .as_bytes()
-        .windows(2)
-        .any(|w| w[0] == b'{' && matches!(w[1], b'{' | b'%' | b'#'))
+        .match_indices('{')
+        .any(|(i, _)| matches!(b.get(i + 1), Some(b'{' | b'%' | b'#')))
 }
 
 /// What minijinja renders for a template without syntax: the text without one final line end.
