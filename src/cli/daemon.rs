@@ -37,6 +37,8 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     init_logging(args.log_json);
+    // Before the runtime starts any thread (see daemon::memory).
+    crate::daemon::memory::limit_arenas();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)

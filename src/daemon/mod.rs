@@ -6,6 +6,7 @@
 pub mod config;
 pub mod drift;
 pub mod leader;
+pub mod memory;
 pub mod reconcile;
 pub mod source;
 pub mod state;
@@ -191,9 +192,11 @@ pub async fn run(
         server: server_state.clone(),
         config: config_rx.clone(),
     };
+    let trimmer = Arc::new(memory::Trimmer::default());
     let telemetry: Arc<dyn Telemetry> = Arc::new(MetricsTelemetry {
         metrics: metrics.clone(),
         publisher: publisher.clone(),
+        trimmer: trimmer.clone(),
     });
     let reconciler = Reconciler {
         source,
@@ -212,7 +215,7 @@ pub async fn run(
     };
     let reconcile_task = tokio::spawn(reconciler.run(trigger_rx, stop_rx.clone()));
 
-    // Status publishing and the systemd watchdog.
+    // Status publishing, handing freed memory back once a reconcile settled, and the systemd watchdog.
     let publish_task = {
         let p = publisher.clone();
         let mut stop = stop_rx.clone();
@@ -220,6 +223,9 @@ pub async fn run(
             let mut last_phase = None;
             loop {
                 let phase = p.publish();
+                if trimmer.trim_if_settled(phase == Phase::Idle) {
+                    tracing::debug!("returned free heap pages to the system");
+                }
                 if last_phase != Some(phase) {
                     let _ = crate::systemd::status(&format!("{phase:?}"));
                     last_phase = Some(phase);
@@ -446,6 +452,8 @@ fn snapshot(st: &ReconcileStatus, drift_mode: &str, s: &mut StatusSnapshot) {
 struct MetricsTelemetry {
     metrics: Arc<Metrics>,
     publisher: Publisher,
+    /// Told when a reconcile or drift check ends (the publish loop trims once idle).
+    trimmer: Arc<memory::Trimmer>,
 }
 
 fn metrics_stage(s: Stage) -> metrics::Stage {
@@ -481,6 +489,7 @@ impl Telemetry for MetricsTelemetry {
         };
         self.metrics.record_reconcile(r, duration);
         self.publisher.publish();
+        self.trimmer.settled();
     }
     fn record_failure(&self, stage: Stage, reason: Reason) {
         self.metrics
@@ -508,6 +517,7 @@ impl Telemetry for MetricsTelemetry {
     fn set_drifted(&self, chart: &str, n: usize) {
         self.metrics.set_drifted(chart, n as u64);
         self.publisher.publish();
+        self.trimmer.settled();
     }
     fn inc_drift(&self, chart: &str) {
         self.metrics.inc_drift(chart);
