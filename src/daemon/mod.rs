@@ -180,12 +180,15 @@ pub async fn run(
     // The reconciler.
     let status = SharedStatus::default();
     let (settings_tx, settings_rx) = watch::channel(config.reconcile.clone());
+    let renders = RecentRenders::default();
     let applier = KubeApplier {
         kube: kube.clone(),
         config: config_rx.clone(),
         triggers: trigger_tx.clone(),
         drift_watch: Mutex::new(None),
-        last_report: Mutex::new(None),
+        chart_ready: Mutex::new(None),
+        renders: renders.clone(),
+        applied: Mutex::new(None),
     };
     let publisher = Publisher {
         status: status.clone(),
@@ -202,6 +205,7 @@ pub async fn run(
         source,
         renderer: RepoRenderer {
             config: config_rx.clone(),
+            renders,
         },
         applier,
         telemetry,
@@ -570,9 +574,40 @@ impl Source for GitStage {
     }
 }
 
-/// Renders a checked-out revision with `crate::render` (on a blocking thread).
+/// Renders a checked-out revision with `crate::render` (on a blocking thread), without field provenance.
+///
+/// Provenance (where each field's value came from) is only read for drift records, which are rare;
+/// keeping it for every object between reconciles cost more memory than the objects themselves.
+/// `KubeApplier::drift` renders the applied revision again, with provenance, when it finds drift.
 struct RepoRenderer {
     config: watch::Receiver<Arc<Config>>,
+    renders: RecentRenders,
+}
+
+/// The render requests of the last few revisions rendered, so that the applied one can be rendered again.
+#[derive(Clone, Default)]
+struct RecentRenders(Arc<Mutex<std::collections::VecDeque<crate::render::RenderRequest>>>);
+
+impl RecentRenders {
+    /// How many requests to remember (a render is followed by the apply of the same revision).
+    const KEEP: usize = 4;
+
+    fn remember(&self, req: crate::render::RenderRequest) {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        q.retain(|r| r.revision != req.revision);
+        q.push_back(req);
+        while q.len() > Self::KEEP {
+            q.pop_front();
+        }
+    }
+
+    fn get(&self, revision: &str) -> Option<crate::render::RenderRequest> {
+        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        q.iter()
+            .rev()
+            .find(|r| r.revision.as_deref() == Some(revision))
+            .cloned()
+    }
 }
 
 impl Renderer for RepoRenderer {
@@ -588,15 +623,18 @@ impl Renderer for RepoRenderer {
             revision: Some(revision.commit.clone()),
         };
         let root = revision.root.clone();
-        let result = tokio::task::spawn_blocking(move || crate::render::render(&req))
-            .await
-            .map_err(|e| {
-                StageError::new(
-                    Stage::Render,
-                    Reason::Internal,
-                    format!("render task failed: {e}"),
-                )
-            })?;
+        self.renders.remember(req.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            crate::render::render_with(&req, crate::render::ProvenanceMode::Skip)
+        })
+        .await
+        .map_err(|e| {
+            StageError::new(
+                Stage::Render,
+                Reason::Internal,
+                format!("render task failed: {e}"),
+            )
+        })?;
         match result {
             Ok((cluster, set)) => Ok(Desired {
                 set,
@@ -667,7 +705,12 @@ struct KubeApplier {
     triggers: mpsc::Sender<Trigger>,
     /// The drift watch and the kinds it covers; restarted when the kinds change.
     drift_watch: Mutex<Option<(BTreeSet<GroupKind>, tokio::task::JoinHandle<()>)>>,
-    last_report: Mutex<Option<ApplyReport>>,
+    /// Readiness per chart from the last apply (all `wait_healthy` needs of its report).
+    chart_ready: Mutex<Option<BTreeMap<String, bool>>>,
+    /// Render requests of recent revisions (shared with `RepoRenderer`).
+    renders: RecentRenders,
+    /// How the last applied revision was rendered (to render it again with provenance for drift records).
+    applied: Mutex<Option<crate::render::RenderRequest>>,
 }
 
 /// After a stop request, how long an apply in flight may take to finish its current objects.
@@ -820,7 +863,10 @@ impl Applier for KubeApplier {
                 .map(|o| o.id.clone())
                 .collect(),
         };
-        *self.last_report.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+        // Keep only what `wait_healthy` and drift records need, not the 600-object report.
+        *self.chart_ready.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(chart_readiness(&report));
+        *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = self.renders.get(revision);
         Ok(summary)
     }
 
@@ -831,23 +877,8 @@ impl Applier for KubeApplier {
     ) -> Result<BTreeMap<String, bool>, StageError> {
         // The engine waits per chart along the dependency graph during `apply` (config.wait);
         // here we only read what it found.
-        let guard = self.last_report.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(guard
-            .as_ref()
-            .map(|r| {
-                r.charts
-                    .iter()
-                    .map(|c| {
-                        let ready = matches!(
-                            c.state,
-                            apply::progress::ChartState::Healthy
-                                | apply::progress::ChartState::Applied
-                        );
-                        (c.name.clone(), ready)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
+        let guard = self.chart_ready.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(guard.clone().unwrap_or_default())
     }
 
     async fn drift(&self, desired: &Desired) -> Result<Vec<DriftRecord>, StageError> {
@@ -861,8 +892,55 @@ impl Applier for KubeApplier {
                 stage: Stage::Drift,
                 ..engine_error(e)
             })?;
-        Ok(drift::records(&report, desired))
+        let records = drift::records(&report, desired);
+        if records.is_empty() || !desired.set.provenance.objects.is_empty() {
+            return Ok(records);
+        }
+        // Rendered without provenance (RepoRenderer): render the applied revision again, with it.
+        let req = self
+            .applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match render_with_provenance(req).await {
+            Ok(full) => Ok(drift::records(&report, &full)),
+            Err(e) => {
+                tracing::warn!(error = %e, "drift records without provenance: cannot render the applied revision again");
+                Ok(records)
+            }
+        }
     }
+}
+
+/// Readiness per chart from an apply report.
+fn chart_readiness(report: &ApplyReport) -> BTreeMap<String, bool> {
+    report
+        .charts
+        .iter()
+        .map(|c| {
+            let ready = matches!(
+                c.state,
+                apply::progress::ChartState::Healthy | apply::progress::ChartState::Applied
+            );
+            (c.name.clone(), ready)
+        })
+        .collect()
+}
+
+/// Render `req` again, keeping field provenance (for drift records); on a blocking thread.
+async fn render_with_provenance(
+    req: Option<crate::render::RenderRequest>,
+) -> Result<Desired, String> {
+    let req = req.ok_or("no render of the applied revision is known")?;
+    let (cluster, set) = tokio::task::spawn_blocking(move || crate::render::render(&req))
+        .await
+        .map_err(|e| format!("render task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    Ok(Desired {
+        set,
+        cluster: cluster.name.clone(),
+        namespace: cluster.namespace.clone(),
+    })
 }
 
 /// Completes once `stop` is true (never, if its sender is gone while false).
