@@ -16,9 +16,33 @@ use tokio::sync::mpsc;
 use super::reconcile::{Desired, DriftRecord, Trigger};
 use crate::apply::{Action, ApplyReport, Server};
 use crate::inventory::GroupKind;
+use crate::manifest::ObjectId;
 
 /// Field-level drift records from a dry-run apply report (objects that would be configured or re-created).
 pub fn records(report: &ApplyReport, desired: &Desired) -> Vec<DriftRecord> {
+    records_with(report, |id, pointer| provenance_of(desired, id, pointer))
+}
+
+/// The `(object, pointer)` pairs whose provenance `records_with` asks for.
+pub fn provenance_wanted(report: &ApplyReport) -> Vec<(ObjectId, String)> {
+    report
+        .objects
+        .iter()
+        .filter(|o| o.action == Action::Configured)
+        .flat_map(|o| {
+            o.changes
+                .iter()
+                .filter(|c| !is_bookkeeping(&c.path))
+                .map(|c| (o.id.clone(), c.path.clone()))
+        })
+        .collect()
+}
+
+/// `records`, with the provenance line of a field from `provenance(object, pointer)`.
+pub fn records_with(
+    report: &ApplyReport,
+    provenance: impl Fn(&ObjectId, &str) -> Option<String>,
+) -> Vec<DriftRecord> {
     let mut out = Vec::new();
     for o in &report.objects {
         match o.action {
@@ -34,7 +58,7 @@ pub fn records(report: &ApplyReport, desired: &Desired) -> Vec<DriftRecord> {
                         desired: c.desired.clone().unwrap_or(serde_json::Value::Null),
                         live: c.live.clone().unwrap_or(serde_json::Value::Null),
                         manager: (!c.other_managers.is_empty()).then(|| c.other_managers.join(",")),
-                        provenance: provenance_of(desired, &o.id, &c.path),
+                        provenance: provenance(&o.id, &c.path),
                     });
                 }
             }
@@ -63,11 +87,7 @@ fn is_bookkeeping(pointer: &str) -> bool {
 
 /// Where the desired value at `pointer` came from: the last step of its provenance chain
 /// (which includes steps on parent pointers), as one line.
-pub fn provenance_of(
-    desired: &Desired,
-    id: &crate::manifest::ObjectId,
-    pointer: &str,
-) -> Option<String> {
+pub fn provenance_of(desired: &Desired, id: &ObjectId, pointer: &str) -> Option<String> {
     let obj = &desired.set.objects.get(id)?.object;
     let chain = desired.set.provenance.chain(id, obj, pointer);
     let step = chain.last()?;
@@ -289,6 +309,15 @@ mod tests {
             }],
             ..Default::default()
         };
+        assert_eq!(
+            provenance_wanted(&report),
+            vec![(web(), "/spec/replicas".to_string())]
+        );
+        let elsewhere = records_with(&report, |id, p| Some(format!("{id} {p}")));
+        assert_eq!(
+            elsewhere[0].provenance.as_deref(),
+            Some(format!("{} /spec/replicas", web()).as_str())
+        );
         let r = records(&report, &desired);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].pointer, "/spec/replicas");

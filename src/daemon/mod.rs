@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod drift;
+pub mod helper;
 pub mod leader;
 pub mod memory;
 pub mod reconcile;
@@ -29,6 +30,7 @@ use self::source::git::{self as git, GitSource, Revision};
 use self::source::webhook::{GitWebhook, Verdict};
 use crate::apply::{self, Action, ApplyReport, Server};
 use crate::inventory::{GroupKind, Inventory};
+use crate::manifest::ObjectId;
 use crate::metrics::{self, Metrics};
 use crate::server::{
     self as http_server, ServerState, StatusSnapshot, WebhookHandler, WebhookOutcome,
@@ -574,7 +576,7 @@ impl Source for GitStage {
     }
 }
 
-/// Renders a checked-out revision with `crate::render` (on a blocking thread), without field provenance.
+/// Renders a checked-out revision with `crate::render` (in a helper process, see `helper`), without field provenance.
 ///
 /// Provenance (where each field's value came from) is only read for drift records, which are rare;
 /// keeping it for every object between reconciles cost more memory than the objects themselves.
@@ -622,32 +624,21 @@ impl Renderer for RepoRenderer {
             overlays,
             revision: Some(revision.commit.clone()),
         };
-        let root = revision.root.clone();
         self.renders.remember(req.clone());
-        let result = tokio::task::spawn_blocking(move || {
-            crate::render::render_with(&req, crate::render::ProvenanceMode::Skip)
-        })
-        .await
-        .map_err(|e| {
-            StageError::new(
-                Stage::Render,
-                Reason::Internal,
-                format!("render task failed: {e}"),
-            )
-        })?;
-        match result {
-            Ok((cluster, set)) => Ok(Desired {
-                set,
-                cluster: cluster.name.clone(),
-                namespace: cluster.namespace.clone(),
-            }),
-            Err(mut e) => {
+        match helper::render(&req).await {
+            Ok(desired) => Ok(desired),
+            Err(helper::RenderFailure::Input(mut e)) => {
                 // Name files relative to the repository, not the per-commit checkout directory.
-                if let Ok(rel) = e.file.strip_prefix(&root) {
+                if let Ok(rel) = e.file.strip_prefix(&revision.root) {
                     e.file = rel.to_path_buf();
                 }
                 Err(StageError::input(Stage::Render, e))
             }
+            Err(helper::RenderFailure::Internal(m)) => Err(StageError::new(
+                Stage::Render,
+                Reason::Internal,
+                format!("render failed: {m}"),
+            )),
         }
     }
 }
@@ -902,8 +893,22 @@ impl Applier for KubeApplier {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        match render_with_provenance(req).await {
-            Ok(full) => Ok(drift::records(&report, &full)),
+        let fields = drift::provenance_wanted(&report);
+        let lines = match req {
+            Some(req) => helper::provenance(&req, fields.clone()).await,
+            None => Err("no render of the applied revision is known".into()),
+        };
+        match lines {
+            Ok(lines) => {
+                let known: std::collections::HashMap<(ObjectId, String), Option<String>> =
+                    fields.into_iter().zip(lines).collect();
+                Ok(drift::records_with(&report, |id, pointer| {
+                    known
+                        .get(&(id.clone(), pointer.to_string()))
+                        .cloned()
+                        .flatten()
+                }))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "drift records without provenance: cannot render the applied revision again");
                 Ok(records)
@@ -925,22 +930,6 @@ fn chart_readiness(report: &ApplyReport) -> BTreeMap<String, bool> {
             (c.name.clone(), ready)
         })
         .collect()
-}
-
-/// Render `req` again, keeping field provenance (for drift records); on a blocking thread.
-async fn render_with_provenance(
-    req: Option<crate::render::RenderRequest>,
-) -> Result<Desired, String> {
-    let req = req.ok_or("no render of the applied revision is known")?;
-    let (cluster, set) = tokio::task::spawn_blocking(move || crate::render::render(&req))
-        .await
-        .map_err(|e| format!("render task failed: {e}"))?
-        .map_err(|e| e.to_string())?;
-    Ok(Desired {
-        set,
-        cluster: cluster.name.clone(),
-        namespace: cluster.namespace.clone(),
-    })
 }
 
 /// Completes once `stop` is true (never, if its sender is gone while false).
