@@ -139,6 +139,15 @@ impl WireSource {
         }
     }
 
+    /// Whether fetching needs TLS (and so the system's CA certificates).
+    fn needs_tls(&self) -> bool {
+        self.local.is_none()
+            && self
+                .url
+                .get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    }
+
     fn into_config(self) -> Result<SourceConfig, String> {
         let token = match self.token {
             Some(t) => Some(Secret::new(
@@ -373,10 +382,13 @@ pub fn serve(mut input: impl Read, mut output: impl Write) -> std::io::Result<()
 /// Run `req` in a helper process when enabled, else in-process on a blocking thread (through the
 /// same JSON encoding, so that tests running the daemon in-process cover the protocol too).
 async fn call(req: Request) -> Result<Response, String> {
+    // libgit2 initialises OpenSSL with the system CA bundle (~35 ms to parse, per helper) even when
+    // the remote is a path, file://, ssh or http: point it at an empty file then.
+    let no_ca_bundle = matches!(&req, Request::Sync { source, .. } if !source.needs_tls());
     let input = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
     drop(req);
     let output = match PROGRAM.get() {
-        Some(program) => run_helper(program, input).await?,
+        Some(program) => run_helper(program, input, no_ca_bundle).await?,
         None => tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             serve(&input[..], &mut out).map(|()| out)
@@ -389,9 +401,16 @@ async fn call(req: Request) -> Result<Response, String> {
 }
 
 /// Start the helper, feed it `input`, and return what it wrote to stdout.
-async fn run_helper(program: &Program, input: Vec<u8>) -> Result<Vec<u8>, String> {
+async fn run_helper(
+    program: &Program,
+    input: Vec<u8>,
+    no_ca_bundle: bool,
+) -> Result<Vec<u8>, String> {
     let mut cmd = tokio::process::Command::new(&program.path);
     cmd.args(["daemon", "--helper"]);
+    if no_ca_bundle {
+        cmd.env("SSL_CERT_FILE", "/dev/null");
+    }
     if program.log_json {
         cmd.arg("--log-json");
     }
@@ -559,6 +578,32 @@ mod tests {
         assert_eq!(back.git_ref, cfg.git_ref);
         assert_eq!(back.path, cfg.path);
         assert_eq!(back.ssh_key_file, cfg.ssh_key_file);
+    }
+
+    #[test]
+    fn only_https_remotes_need_the_ca_bundle() {
+        let wire = |location: RepoLocation, url: &str| {
+            WireSource::new(&SourceConfig {
+                location,
+                url: url.into(),
+                git_ref: GitRef::Branch("main".into()),
+                path: "".into(),
+                cluster: String::new(),
+                overlays: None,
+                poll_interval: std::time::Duration::ZERO,
+                poll_jitter: 0.0,
+                ssh_key_file: None,
+                token: None,
+                allowed_signers_file: None,
+            })
+        };
+        let remote = |u: &str| wire(RepoLocation::Remote(u.into()), u);
+        assert!(remote("https://github.com/o/r.git").needs_tls());
+        assert!(remote("HTTPS://github.com/o/r.git").needs_tls());
+        assert!(!remote("ssh://git@github.com/o/r.git").needs_tls());
+        assert!(!remote("git@github.com:o/r.git").needs_tls());
+        assert!(!remote("http://gitea.local/o/r.git").needs_tls());
+        assert!(!wire(RepoLocation::Local("/srv/r".into()), "file:///srv/r").needs_tls());
     }
 
     #[test]
