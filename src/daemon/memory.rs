@@ -8,9 +8,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Arenas the daemon's allocator may use. The daemon is I/O-bound and allocates mostly on one
-/// thread at a time (render on a blocking thread, apply on the workers), so one arena costs no
-/// measurable latency (`BENCHMARKS.md`).
+/// Arenas the daemon's allocator may use. The daemon is I/O-bound (fetch and render run in helper
+/// processes, see `helper`; apply waits on the API server), so one arena costs no measurable
+/// latency (`BENCHMARKS.md`).
 pub const ARENAS: i32 = 1;
 
 /// Limit glibc's malloc to `ARENAS` arenas. Call first thing, before any thread exists.
