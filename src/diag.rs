@@ -8,7 +8,7 @@ use std::path::PathBuf;
 /// Every input error reaching the CLI is one of these, so that the message always says
 /// *where* (file, line/column or patch/op index, JSON pointer) and *what* (the object).
 /// The CLI exits with code 2 for it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InputError {
     /// File the input came from, relative to the repository root where possible.
     pub file: PathBuf,

@@ -174,7 +174,7 @@ pub fn render_chart(
                 &rendered
             }
         };
-        let docs = super::yaml::parse_yaml_documents(&text, &t.path).map_err(|mut e| {
+        let docs = super::yaml::parse_yaml_documents(text, &t.path).map_err(|mut e| {
             e.message = format!("rendered output is not valid YAML: {}", e.message);
             e.place = Some(match e.line {
                 Some(l) => format!("rendered output line {l}"),

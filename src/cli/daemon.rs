@@ -22,9 +22,19 @@ pub struct DaemonArgs {
     /// Log as JSON lines (for journald/Loki) instead of text.
     #[arg(long)]
     pub log_json: bool,
+    /// Internal: run one fetch or render for a running daemon (JSON request on stdin, response on stdout).
+    #[arg(long, hide = true)]
+    pub helper: bool,
 }
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
+    if args.helper {
+        crate::daemon::memory::limit_arenas();
+        init_logging(args.log_json);
+        crate::daemon::helper::serve(std::io::stdin().lock(), std::io::stdout().lock())
+            .context("daemon helper: cannot read its request or write its response")?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(config::Error::Invalid(e)) => {
@@ -37,6 +47,15 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     init_logging(args.log_json);
+    // Before the runtime starts any thread (see daemon::memory).
+    crate::daemon::memory::limit_arenas();
+    // Fetch and render in short-lived helper processes (see daemon::helper).
+    match crate::daemon::helper::own_executable() {
+        Ok(exe) => crate::daemon::helper::enable(exe, args.log_json),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot find the pailot executable; fetching and rendering in-process")
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)

@@ -209,7 +209,7 @@ impl fmt::Debug for Secret {
 }
 
 /// The ref the daemon follows.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GitRef {
     Branch(String),
     Tag(String),

@@ -1,19 +1,48 @@
 //! Drift: label-selected watches on the inventory's kinds that ask for a drift check, and the per-field drift records.
+//!
+//! The watches are metadata-only (`PartialObjectMeta`): deciding whether someone else wrote an
+//! object needs only its `managedFields`, so the API server sends no specs and the daemon parses
+//! none. The comparison itself is a dry-run apply (`KubeApplier::drift`).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{Api, DynamicObject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::runtime::watcher;
 use tokio::sync::mpsc;
 
 use super::reconcile::{Desired, DriftRecord, Trigger};
 use crate::apply::{Action, ApplyReport, Server};
 use crate::inventory::GroupKind;
+use crate::manifest::ObjectId;
 
 /// Field-level drift records from a dry-run apply report (objects that would be configured or re-created).
 pub fn records(report: &ApplyReport, desired: &Desired) -> Vec<DriftRecord> {
+    records_with(report, |id, pointer| provenance_of(desired, id, pointer))
+}
+
+/// The `(object, pointer)` pairs whose provenance `records_with` asks for.
+pub fn provenance_wanted(report: &ApplyReport) -> Vec<(ObjectId, String)> {
+    report
+        .objects
+        .iter()
+        .filter(|o| o.action == Action::Configured)
+        .flat_map(|o| {
+            o.changes
+                .iter()
+                .filter(|c| !is_bookkeeping(&c.path))
+                .map(|c| (o.id.clone(), c.path.clone()))
+        })
+        .collect()
+}
+
+/// `records`, with the provenance line of a field from `provenance(object, pointer)`.
+pub fn records_with(
+    report: &ApplyReport,
+    provenance: impl Fn(&ObjectId, &str) -> Option<String>,
+) -> Vec<DriftRecord> {
     let mut out = Vec::new();
     for o in &report.objects {
         match o.action {
@@ -29,7 +58,7 @@ pub fn records(report: &ApplyReport, desired: &Desired) -> Vec<DriftRecord> {
                         desired: c.desired.clone().unwrap_or(serde_json::Value::Null),
                         live: c.live.clone().unwrap_or(serde_json::Value::Null),
                         manager: (!c.other_managers.is_empty()).then(|| c.other_managers.join(",")),
-                        provenance: provenance_of(desired, &o.id, &c.path),
+                        provenance: provenance(&o.id, &c.path),
                     });
                 }
             }
@@ -58,11 +87,7 @@ fn is_bookkeeping(pointer: &str) -> bool {
 
 /// Where the desired value at `pointer` came from: the last step of its provenance chain
 /// (which includes steps on parent pointers), as one line.
-pub fn provenance_of(
-    desired: &Desired,
-    id: &crate::manifest::ObjectId,
-    pointer: &str,
-) -> Option<String> {
+pub fn provenance_of(desired: &Desired, id: &ObjectId, pointer: &str) -> Option<String> {
     let obj = &desired.set.objects.get(id)?.object;
     let chain = desired.set.provenance.chain(id, obj, pointer);
     let step = chain.last()?;
@@ -73,8 +98,8 @@ pub fn provenance_of(
 ///
 /// Our own applies and controllers' status updates then cost no drift check; a tie in the
 /// (second-granular) timestamps counts as someone else, so a `kubectl scale` right after an apply is seen.
-pub fn changed_by_someone_else(obj: &DynamicObject) -> bool {
-    let Some(fields) = obj.metadata.managed_fields.as_ref() else {
+pub fn changed_by_someone_else(meta: &ObjectMeta) -> bool {
+    let Some(fields) = meta.managed_fields.as_ref() else {
         return true;
     };
     let mut ours = None;
@@ -132,7 +157,7 @@ pub async fn watch(
         let Some((ar, _caps)) = server.resolve_group_kind(&gk) else {
             continue;
         };
-        let api: Api<DynamicObject> = Api::all_with(server.client.clone(), &ar);
+        let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(server.client.clone(), &ar);
         let cfg = watcher::Config::default().labels(&selector);
         let ev_tx = ev_tx.clone();
         tasks.push(tokio::spawn(async move {
@@ -142,7 +167,7 @@ pub async fn watch(
                 match ev {
                     Ok(watcher::Event::InitDone) => initialised = true,
                     Ok(watcher::Event::Apply(obj)) if initialised => {
-                        let other = changed_by_someone_else(&obj);
+                        let other = changed_by_someone_else(&obj.metadata);
                         tracing::debug!(kind = %gk, name = obj.metadata.name.as_deref().unwrap_or(""), other, "watched object changed");
                         if other {
                             let _ = ev_tx.try_send(());
@@ -208,36 +233,40 @@ mod tests {
         .unwrap()
     }
 
+    fn with_managers_meta(entries: &[(&str, &str, i64)]) -> ObjectMeta {
+        with_managers(entries).metadata
+    }
+
     #[test]
     fn own_writes_and_status_updates_do_not_trigger_a_drift_check() {
-        assert!(!changed_by_someone_else(&with_managers(&[(
+        assert!(!changed_by_someone_else(&with_managers_meta(&[(
             "pailot", "", 100
         )])));
-        assert!(!changed_by_someone_else(&with_managers(&[
+        assert!(!changed_by_someone_else(&with_managers_meta(&[
             ("pailot", "", 100),
             ("kube-controller-manager", "status", 200)
         ])));
-        assert!(!changed_by_someone_else(&with_managers(&[
+        assert!(!changed_by_someone_else(&with_managers_meta(&[
             ("kubectl", "", 50),
             ("pailot", "", 100)
         ])));
-        assert!(changed_by_someone_else(&with_managers(&[
+        assert!(changed_by_someone_else(&with_managers_meta(&[
             ("pailot", "", 100),
             ("kubectl", "", 100)
         ])));
-        assert!(changed_by_someone_else(&with_managers(&[
+        assert!(changed_by_someone_else(&with_managers_meta(&[
             ("pailot", "", 100),
             ("kubectl", "", 150)
         ])));
         // Regression: `kubectl scale` goes through the scale subresource.
-        assert!(changed_by_someone_else(&with_managers(&[
+        assert!(changed_by_someone_else(&with_managers_meta(&[
             ("pailot", "", 100),
             ("kubectl", "scale", 150)
         ])));
         // …and its managedFields entry has no time at all.
         let mut scaled = with_managers(&[("pailot", "", 100), ("kubectl", "scale", 0)]);
         scaled.metadata.managed_fields.as_mut().unwrap()[1].time = None;
-        assert!(changed_by_someone_else(&scaled));
+        assert!(changed_by_someone_else(&scaled.metadata));
     }
 
     #[test]
@@ -281,6 +310,15 @@ mod tests {
             }],
             ..Default::default()
         };
+        assert_eq!(
+            provenance_wanted(&report),
+            vec![(web(), "/spec/replicas".to_string())]
+        );
+        let elsewhere = records_with(&report, |id, p| Some(format!("{id} {p}")));
+        assert_eq!(
+            elsewhere[0].provenance.as_deref(),
+            Some(format!("{} /spec/replicas", web()).as_str())
+        );
         let r = records(&report, &desired);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].pointer, "/spec/replicas");

@@ -5,7 +5,9 @@
 
 pub mod config;
 pub mod drift;
+pub mod helper;
 pub mod leader;
+pub mod memory;
 pub mod reconcile;
 pub mod source;
 pub mod state;
@@ -29,6 +31,7 @@ use self::source::git::{self as git, GitSource, Revision};
 use self::source::webhook::{GitWebhook, Verdict};
 use crate::apply::{self, Action, ApplyReport, Server};
 use crate::inventory::{GroupKind, Inventory};
+use crate::manifest::ObjectId;
 use crate::metrics::{self, Metrics};
 use crate::server::{
     self as http_server, ServerState, StatusSnapshot, WebhookHandler, WebhookOutcome,
@@ -166,27 +169,33 @@ pub async fn run(
     // The reconciler.
     let status = SharedStatus::default();
     let (settings_tx, settings_rx) = watch::channel(config.reconcile.clone());
+    let renders = RecentRenders::default();
     let applier = KubeApplier {
         kube: kube.clone(),
         config: config_rx.clone(),
         triggers: trigger_tx.clone(),
         drift_watch: Mutex::new(None),
-        last_report: Mutex::new(None),
         stop: apply::Stop::from_watch(stop_rx.clone()),
+        chart_ready: Mutex::new(None),
+        renders: renders.clone(),
+        applied: Mutex::new(None),
     };
     let publisher = Publisher {
         status: status.clone(),
         server: server_state.clone(),
         config: config_rx.clone(),
     };
+    let trimmer = Arc::new(memory::Trimmer::default());
     let telemetry: Arc<dyn Telemetry> = Arc::new(MetricsTelemetry {
         metrics: metrics.clone(),
         publisher: publisher.clone(),
+        trimmer: trimmer.clone(),
     });
     let reconciler = Reconciler {
         source,
         renderer: RepoRenderer {
             config: config_rx.clone(),
+            renders,
         },
         applier,
         telemetry,
@@ -200,7 +209,7 @@ pub async fn run(
     };
     let reconcile_task = tokio::spawn(reconciler.run(trigger_rx, stop_rx.clone()));
 
-    // Status publishing and the systemd watchdog.
+    // Status publishing, handing freed memory back once a reconcile settled, and the systemd watchdog.
     let publish_task = {
         let p = publisher.clone();
         let mut stop = stop_rx.clone();
@@ -208,6 +217,9 @@ pub async fn run(
             let mut last_phase = None;
             loop {
                 let phase = p.publish();
+                if trimmer.trim_if_settled(phase == Phase::Idle) {
+                    tracing::debug!("returned free heap pages to the system");
+                }
                 if last_phase != Some(phase) {
                     let _ = crate::systemd::status(&format!("{phase:?}"));
                     last_phase = Some(phase);
@@ -529,6 +541,8 @@ fn snapshot(st: &ReconcileStatus, drift_mode: &str, s: &mut StatusSnapshot) {
 struct MetricsTelemetry {
     metrics: Arc<Metrics>,
     publisher: Publisher,
+    /// Told when a reconcile or drift check ends (the publish loop trims once idle).
+    trimmer: Arc<memory::Trimmer>,
 }
 
 fn metrics_stage(s: Stage) -> metrics::Stage {
@@ -564,6 +578,7 @@ impl Telemetry for MetricsTelemetry {
         };
         self.metrics.record_reconcile(r, duration);
         self.publisher.publish();
+        self.trimmer.settled();
     }
     fn record_failure(&self, stage: Stage, reason: Reason) {
         self.metrics
@@ -591,6 +606,7 @@ impl Telemetry for MetricsTelemetry {
     fn set_drifted(&self, chart: &str, n: usize) {
         self.metrics.set_drifted(chart, n as u64);
         self.publisher.publish();
+        self.trimmer.settled();
     }
     fn inc_drift(&self, chart: &str) {
         self.metrics.inc_drift(chart);
@@ -643,9 +659,40 @@ impl Source for GitStage {
     }
 }
 
-/// Renders a checked-out revision with `crate::render` (on a blocking thread).
+/// Renders a checked-out revision with `crate::render` (in a helper process, see `helper`), without field provenance.
+///
+/// Provenance (where each field's value came from) is only read for drift records, which are rare;
+/// keeping it for every object between reconciles cost more memory than the objects themselves.
+/// `KubeApplier::drift` renders the applied revision again, with provenance, when it finds drift.
 struct RepoRenderer {
     config: watch::Receiver<Arc<Config>>,
+    renders: RecentRenders,
+}
+
+/// The render requests of the last few revisions rendered, so that the applied one can be rendered again.
+#[derive(Clone, Default)]
+struct RecentRenders(Arc<Mutex<std::collections::VecDeque<crate::render::RenderRequest>>>);
+
+impl RecentRenders {
+    /// How many requests to remember (a render is followed by the apply of the same revision).
+    const KEEP: usize = 4;
+
+    fn remember(&self, req: crate::render::RenderRequest) {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        q.retain(|r| r.revision != req.revision);
+        q.push_back(req);
+        while q.len() > Self::KEEP {
+            q.pop_front();
+        }
+    }
+
+    fn get(&self, revision: &str) -> Option<crate::render::RenderRequest> {
+        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        q.iter()
+            .rev()
+            .find(|r| r.revision.as_deref() == Some(revision))
+            .cloned()
+    }
 }
 
 impl Renderer for RepoRenderer {
@@ -660,29 +707,21 @@ impl Renderer for RepoRenderer {
             overlays,
             revision: Some(revision.commit.clone()),
         };
-        let root = revision.root.clone();
-        let result = tokio::task::spawn_blocking(move || crate::render::render(&req))
-            .await
-            .map_err(|e| {
-                StageError::new(
-                    Stage::Render,
-                    Reason::Internal,
-                    format!("render task failed: {e}"),
-                )
-            })?;
-        match result {
-            Ok((cluster, set)) => Ok(Desired {
-                set,
-                cluster: cluster.name.clone(),
-                namespace: cluster.namespace.clone(),
-            }),
-            Err(mut e) => {
+        self.renders.remember(req.clone());
+        match helper::render(&req).await {
+            Ok(desired) => Ok(desired),
+            Err(helper::RenderFailure::Input(mut e)) => {
                 // Name files relative to the repository, not the per-commit checkout directory.
-                if let Ok(rel) = e.file.strip_prefix(&root) {
+                if let Ok(rel) = e.file.strip_prefix(&revision.root) {
                     e.file = rel.to_path_buf();
                 }
                 Err(StageError::input(Stage::Render, e))
             }
+            Err(helper::RenderFailure::Internal(m)) => Err(StageError::new(
+                Stage::Render,
+                Reason::Internal,
+                format!("render failed: {m}"),
+            )),
         }
     }
 }
@@ -740,9 +779,14 @@ struct KubeApplier {
     triggers: mpsc::Sender<Trigger>,
     /// The drift watch and the kinds it covers; restarted when the kinds change.
     drift_watch: Mutex<Option<(BTreeSet<GroupKind>, tokio::task::JoinHandle<()>)>>,
-    last_report: Mutex<Option<ApplyReport>>,
     /// Shutdown: set on SIGTERM/SIGINT; the engine stops between objects.
     stop: apply::Stop,
+    /// Readiness per chart from the last apply (all `wait_healthy` needs of its report).
+    chart_ready: Mutex<Option<BTreeMap<String, bool>>>,
+    /// Render requests of recent revisions (shared with `RepoRenderer`).
+    renders: RecentRenders,
+    /// How the last applied revision was rendered (to render it again with provenance for drift records).
+    applied: Mutex<Option<crate::render::RenderRequest>>,
 }
 
 /// After a stop request, how long the engine may take to finish the objects in flight (normally
@@ -921,7 +965,10 @@ impl Applier for KubeApplier {
                     .collect()
             }),
         };
-        *self.last_report.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+        // Keep only what `wait_healthy` and drift records need, not the 600-object report.
+        *self.chart_ready.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(chart_readiness(&report));
+        *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = self.renders.get(revision);
         Ok(ApplyOutcome::Applied(summary))
     }
 
@@ -932,23 +979,8 @@ impl Applier for KubeApplier {
     ) -> Result<BTreeMap<String, bool>, StageError> {
         // The engine waits per chart along the dependency graph during `apply` (config.wait);
         // here we only read what it found.
-        let guard = self.last_report.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(guard
-            .as_ref()
-            .map(|r| {
-                r.charts
-                    .iter()
-                    .map(|c| {
-                        let ready = matches!(
-                            c.state,
-                            apply::progress::ChartState::Healthy
-                                | apply::progress::ChartState::Applied
-                        );
-                        (c.name.clone(), ready)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
+        let guard = self.chart_ready.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(guard.clone().unwrap_or_default())
     }
 
     async fn drift(&self, desired: &Desired) -> Result<Vec<DriftRecord>, StageError> {
@@ -962,8 +994,53 @@ impl Applier for KubeApplier {
                 stage: Stage::Drift,
                 ..engine_error(e)
             })?;
-        Ok(drift::records(&report, desired))
+        let records = drift::records(&report, desired);
+        if records.is_empty() || !desired.set.provenance.objects.is_empty() {
+            return Ok(records);
+        }
+        // Rendered without provenance (RepoRenderer): render the applied revision again, with it.
+        let req = self
+            .applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let fields = drift::provenance_wanted(&report);
+        let lines = match req {
+            Some(req) => helper::provenance(&req, fields.clone()).await,
+            None => Err("no render of the applied revision is known".into()),
+        };
+        match lines {
+            Ok(lines) => {
+                let known: std::collections::HashMap<(ObjectId, String), Option<String>> =
+                    fields.into_iter().zip(lines).collect();
+                Ok(drift::records_with(&report, |id, pointer| {
+                    known
+                        .get(&(id.clone(), pointer.to_string()))
+                        .cloned()
+                        .flatten()
+                }))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "drift records without provenance: cannot render the applied revision again");
+                Ok(records)
+            }
+        }
     }
+}
+
+/// Readiness per chart from an apply report.
+fn chart_readiness(report: &ApplyReport) -> BTreeMap<String, bool> {
+    report
+        .charts
+        .iter()
+        .map(|c| {
+            let ready = matches!(
+                c.state,
+                apply::progress::ChartState::Healthy | apply::progress::ChartState::Applied
+            );
+            (c.name.clone(), ready)
+        })
+        .collect()
 }
 
 /// Completes once `stop` is true (never, if its sender is gone while false).

@@ -317,3 +317,127 @@ fn signed_by_allowed_key_passes_unsigned_and_untrusted_are_refused() {
         e => panic!("expected untrusted, got {e:?}"),
     }
 }
+
+/// Run `pailot daemon --helper` on one request (as the daemon does) and return its JSON response.
+fn run_helper(request: &pailot::daemon::helper::Request) -> serde_json::Value {
+    use std::io::Write;
+    let mut child = Command::new(crate::harness::pailot_bin())
+        .args(["daemon", "--helper"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start pailot daemon --helper");
+    let input = serde_json::to_vec(request).unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "helper failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "helper wrote no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+#[test]
+fn the_daemon_helper_process_fetches_renders_and_reports_errors_as_data() {
+    use pailot::daemon::helper::{Request, WireSource};
+    let repo = crate::daemon::deploy_repo("from-the-helper");
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("source");
+    let sync = |git_ref: GitRef| Request::Sync {
+        source: WireSource::new(&source_config(
+            RepoLocation::Local(repo.path().to_path_buf()),
+            git_ref,
+        )),
+        dir: dir.clone(),
+    };
+    let render = |root: &str, commit: &str| Request::Render {
+        render: (&pailot::render::RenderRequest {
+            repo_root: root.into(),
+            cluster_file: "clusters/test.yaml".into(),
+            overlays: None,
+            revision: Some(commit.to_string()),
+        })
+            .into(),
+    };
+
+    let synced = run_helper(&sync(GitRef::Branch("main".into())));
+    assert_eq!(synced["result"], "synced", "{synced}");
+    let commit = synced["revision"]["commit"].as_str().unwrap();
+    assert_eq!(commit, repo.git(&["rev-parse", "HEAD"]));
+    let root = synced["revision"]["root"].as_str().unwrap();
+    assert!(Path::new(root).starts_with(&dir), "{root}");
+
+    let rendered = run_helper(&render(root, commit));
+    assert_eq!(rendered["result"], "rendered", "{rendered}");
+    assert_eq!(rendered["cluster"], "test");
+    let objects = rendered["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 1, "{rendered}");
+    assert_eq!(objects[0]["id"]["kind"], "ConfigMap");
+    assert_eq!(objects[0]["object"]["data"]["greeting"], "from-the-helper");
+    assert_eq!(rendered["charts"][0]["name"], "web");
+
+    // A template error is an input error (file and message), not a failed helper.
+    repo.write("charts/web/templates/cm.yaml", "data: {{ values.greeting\n");
+    repo.commit("broken template");
+    let synced = run_helper(&sync(GitRef::Branch("main".into())));
+    let (root, commit) = (
+        synced["revision"]["root"].as_str().unwrap(),
+        synced["revision"]["commit"].as_str().unwrap(),
+    );
+    let failed = run_helper(&render(root, commit));
+    assert_eq!(failed["result"], "renderFailed", "{failed}");
+    assert!(
+        failed["error"]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("charts/web/templates/cm.yaml"),
+        "{failed}"
+    );
+
+    // A ref that does not exist is the same error as in-process.
+    let missing = run_helper(&sync(GitRef::Tag("v9".into())));
+    assert_eq!(missing["result"], "syncFailed", "{missing}");
+    assert_eq!(missing["error"]["kind"], "refNotFound", "{missing}");
+}
+
+#[test]
+fn the_git_dir_of_a_local_repository_is_found_without_libgit2() {
+    use pailot::daemon::source::git::git_dir_of;
+    let repo = TempRepo::new();
+    repo.write("a.txt", "a\n");
+    repo.commit("first");
+    let git_dir = git_dir_of(repo.path()).expect("work tree");
+    assert_eq!(git_dir, repo.path().join(".git"));
+    // The git directory itself, and a bare clone.
+    assert_eq!(git_dir_of(&git_dir), Some(git_dir.clone()));
+    let bare = tempfile::tempdir().unwrap();
+    git_in(
+        bare.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &repo.path().display().to_string(),
+            "b.git",
+        ],
+    );
+    let b = bare.path().join("b.git");
+    assert_eq!(git_dir_of(&b), Some(b.clone()));
+    // A linked worktree's `.git` file names its git directory.
+    let wt = bare.path().join("wt");
+    repo.git(&["worktree", "add", "-q", &wt.display().to_string()]);
+    let linked = git_dir_of(&wt).expect("linked worktree");
+    assert!(
+        linked.starts_with(repo.path().join(".git/worktrees")),
+        "{linked:?}"
+    );
+    // Not a repository.
+    assert_eq!(git_dir_of(bare.path()), None);
+}

@@ -1,11 +1,12 @@
 //! Git source: fetches the configured ref into `<stateDir>/source`, verifies it, and checks the revision out.
 //!
-//! libgit2 is blocking; `GitSource::sync` runs it on `spawn_blocking`.
+//! libgit2 is blocking; `GitSource::sync` runs it in a helper process (`daemon::helper`; in-process
+//! on a blocking thread when helpers are off), so the daemon itself never initialises libgit2 and OpenSSL.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::verify;
 use crate::daemon::config::{GitRef, RepoLocation, SourceConfig};
@@ -39,7 +40,7 @@ impl Error {
 }
 
 /// One checked-out commit.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revision {
     /// Full commit id.
     pub commit: String,
@@ -72,21 +73,22 @@ impl GitSource {
         }
     }
 
+    /// A source whose mirror and checkouts live in `dir` (what `new` makes `<stateDir>/source`).
+    pub fn in_dir(cfg: SourceConfig, dir: PathBuf) -> Self {
+        GitSource {
+            cfg: Arc::new(cfg),
+            dir,
+        }
+    }
+
     /// The source settings in use.
     pub fn config(&self) -> &SourceConfig {
         &self.cfg
     }
 
-    /// Fetch, resolve, verify and check out (on a blocking thread).
+    /// Fetch, resolve, verify and check out (in a helper process, see `daemon::helper`).
     pub async fn sync(&self) -> Result<Revision, Error> {
-        let me = self.clone();
-        match tokio::task::spawn_blocking(move || me.sync_blocking()).await {
-            Ok(r) => r,
-            Err(e) => Err(Error::Checkout {
-                dir: self.dir.clone(),
-                detail: format!("sync task failed: {e}"),
-            }),
-        }
+        crate::daemon::helper::sync(&self.cfg, &self.dir).await
     }
 
     /// Fetch, resolve, verify and check out, blocking the calling thread.
@@ -266,12 +268,30 @@ impl GitSource {
     }
 
     /// For local repositories: the git directory whose refs the watcher follows.
+    ///
+    /// Found without libgit2 (which would initialise OpenSSL in the daemon): `<path>/.git`, the
+    /// `gitdir:` a `.git` file names (worktrees, submodules), or `<path>` itself when it is a git directory.
     pub fn local_git_dir(&self) -> Option<PathBuf> {
         match &self.cfg.location {
-            RepoLocation::Local(p) => git2::Repository::open(p)
-                .ok()
-                .map(|r| r.path().to_path_buf()),
+            RepoLocation::Local(p) => git_dir_of(p),
             RepoLocation::Remote(_) => None,
         }
     }
+}
+
+/// The git directory of the repository at `path` (like `git2::Repository::open(path)?.path()`).
+pub fn git_dir_of(path: &Path) -> Option<PathBuf> {
+    let is_git_dir = |d: &Path| {
+        d.join("HEAD").is_file() && d.join("objects").is_dir() && d.join("refs").is_dir()
+    };
+    let dot = path.join(".git");
+    if dot.is_dir() {
+        return is_git_dir(&dot).then_some(dot);
+    }
+    if dot.is_file() {
+        let text = std::fs::read_to_string(&dot).ok()?;
+        let target = path.join(text.strip_prefix("gitdir:")?.trim());
+        return target.join("HEAD").is_file().then_some(target);
+    }
+    is_git_dir(path).then(|| path.to_path_buf())
 }
