@@ -1,0 +1,118 @@
+//! The process's allocator, chosen per command: mimalloc for the batch commands (`render`,
+//! `apply`, `budget`...), glibc's malloc for `pailot daemon` and its helpers.
+//!
+//! A render is allocation-bound (hundreds of thousands of small strings and maps): mimalloc takes
+//! about a fifth of its CPU time off and most of its page faults (BENCHMARKS.md, render). The
+//! long-running daemon's memory figures rest on glibc tuning instead (one arena, `malloc_trim`:
+//! `daemon::memory`), and mimalloc measured worse there. The choice is made on the first
+//! allocation, from `/proc/self/cmdline` read without allocating, and never changes, so every
+//! block is freed by the allocator that gave it.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use mimalloc::MiMalloc;
+
+/// The global allocator of the `pailot` binary.
+pub struct PerCommand;
+
+const UNDECIDED: u8 = 0;
+const SYSTEM: u8 = 1;
+const MIMALLOC: u8 = 2;
+
+static MODE: AtomicU8 = AtomicU8::new(UNDECIDED);
+
+#[inline]
+fn mode() -> u8 {
+    let m = MODE.load(Ordering::Acquire);
+    if m != UNDECIDED {
+        return m;
+    }
+    // Every thread that gets here computes the same answer.
+    let m = if runs_daemon() { SYSTEM } else { MIMALLOC };
+    MODE.store(m, Ordering::Release);
+    m
+}
+
+/// Whether an argument is exactly `daemon` (`pailot daemon ...`, `pailot daemon --helper`).
+/// Unknown (no /proc): the daemon's allocator, the conservative choice.
+fn runs_daemon() -> bool {
+    let mut buf = [0u8; 4096];
+    // SAFETY: plain syscalls on a stack buffer; nothing here allocates.
+    let n = unsafe {
+        let fd = libc::open(
+            c"/proc/self/cmdline".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return true;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    if n <= 0 {
+        return true;
+    }
+    buf[..n as usize]
+        .split(|&b| b == 0)
+        .skip(1)
+        .any(|arg| arg == b"daemon")
+}
+
+// SAFETY: every call goes to the allocator `mode()` picked, which never changes after the first
+// call, so a block is always freed or resized by the allocator that returned it.
+unsafe impl GlobalAlloc for PerCommand {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        unsafe {
+            if mode() == MIMALLOC {
+                MiMalloc.alloc(layout)
+            } else {
+                System.alloc(layout)
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        unsafe {
+            if mode() == MIMALLOC {
+                MiMalloc.alloc_zeroed(layout)
+            } else {
+                System.alloc_zeroed(layout)
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe {
+            if mode() == MIMALLOC {
+                MiMalloc.dealloc(ptr, layout)
+            } else {
+                System.dealloc(ptr, layout)
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        unsafe {
+            if mode() == MIMALLOC {
+                MiMalloc.realloc(ptr, layout, new_size)
+            } else {
+                System.realloc(ptr, layout, new_size)
+            }
+        }
+    }
+}
+
+/// Which allocator this process uses (`mimalloc` or `system`), for tests and diagnostics.
+pub fn name() -> &'static str {
+    if mode() == MIMALLOC {
+        "mimalloc"
+    } else {
+        "system"
+    }
+}
