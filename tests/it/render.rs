@@ -215,3 +215,22 @@ fn parallel_and_sequential_renders_are_the_same_bytes() {
         );
     }
 }
+
+/// Batch commands allocate with mimalloc; the daemon (and its helpers) keep glibc malloc.
+#[test]
+fn allocator_is_chosen_per_command() {
+    let root = crate::harness::repo_root();
+    let debug = [("PAILOT_DEBUG_ALLOCATOR", "1")];
+    let render = crate::harness::pailot_env(&root, &debug, &["render", "--help"]);
+    assert!(
+        render.stderr.contains("allocator: mimalloc"),
+        "{}",
+        render.stderr
+    );
+    let daemon = crate::harness::pailot_env(&root, &debug, &["daemon", "--help"]);
+    assert!(
+        daemon.stderr.contains("allocator: system"),
+        "{}",
+        daemon.stderr
+    );
+}
