@@ -26,7 +26,7 @@ use super::config::{DriftMode, ReconcileConfig};
 use super::source::git::Revision;
 use super::state::{PersistedState, unix_now};
 use crate::diag::InputError;
-use crate::manifest::{ObjectId, RenderedSet};
+use crate::manifest::{ObjectId, RenderedObject, RenderedSet};
 
 /// Why a reconcile was asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -266,6 +266,68 @@ pub struct Desired {
     pub namespace: String,
 }
 
+/// The last applied set as the daemon keeps it between reconciles: each object as compact JSON
+/// (about a third of the memory of its `Value` tree), thawed for a drift check. Field provenance
+/// is not kept (the daemon renders without it and re-renders for drift records).
+#[derive(Debug)]
+struct FrozenDesired {
+    objects: Vec<(ObjectId, String, String, Box<[u8]>)>,
+    charts: Vec<crate::manifest::ChartInfo>,
+    cluster: String,
+    namespace: String,
+}
+
+impl FrozenDesired {
+    fn freeze(d: &Desired) -> Self {
+        FrozenDesired {
+            objects: d
+                .set
+                .objects
+                .iter()
+                .map(|(id, ro)| {
+                    let json = serde_json::to_vec(&ro.object).unwrap_or_default();
+                    (
+                        id.clone(),
+                        ro.chart.clone(),
+                        ro.template.clone(),
+                        json.into(),
+                    )
+                })
+                .collect(),
+            charts: d.set.charts.clone(),
+            cluster: d.cluster.clone(),
+            namespace: d.namespace.clone(),
+        }
+    }
+
+    fn thaw(&self) -> Desired {
+        let objects = self
+            .objects
+            .iter()
+            .map(|(id, chart, template, json)| {
+                let object = serde_json::from_slice(json).unwrap_or(serde_json::Value::Null);
+                (
+                    id.clone(),
+                    RenderedObject {
+                        chart: chart.clone(),
+                        template: template.clone(),
+                        object,
+                    },
+                )
+            })
+            .collect();
+        Desired {
+            set: RenderedSet {
+                objects,
+                charts: self.charts.clone(),
+                provenance: Default::default(),
+            },
+            cluster: self.cluster.clone(),
+            namespace: self.namespace.clone(),
+        }
+    }
+}
+
 /// Produces revisions (the git source in production).
 pub trait Source: Send + Sync + 'static {
     fn fetch(&self) -> impl Future<Output = Result<Revision, StageError>> + Send;
@@ -453,7 +515,7 @@ pub struct Reconciler<S, R, A> {
 /// Bookkeeping that outlives a single pass through the states.
 struct Memory {
     persisted: PersistedState,
-    last_set: Option<(String, Arc<Desired>)>,
+    last_set: Option<(String, Arc<FrozenDesired>)>,
     attempt: u32,
     pending: bool,
     /// `active` as last seen (a change to true forces a reconcile; a repeated true does not).
@@ -641,9 +703,10 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             (s.drift_interval, s.drift_mode)
         };
         mem.next_drift = Instant::now() + interval;
-        let Some((revision, set)) = mem.last_set.clone() else {
+        let Some((revision, frozen)) = mem.last_set.clone() else {
             return State::Idle;
         };
+        let set = Arc::new(frozen.thaw());
         let records = match self.applier.drift(&set).await {
             Ok(r) => r,
             Err(e) => {
@@ -808,7 +871,7 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
                 mem.persisted.last_applied_revision = Some(revision.clone());
                 mem.persisted.last_failed_revision = None;
                 mem.persisted.inventory = summary.inventory.clone();
-                mem.last_set = Some((revision.clone(), set.clone()));
+                mem.last_set = Some((revision.clone(), Arc::new(FrozenDesired::freeze(&set))));
                 self.persist(mem);
                 {
                     let mut st = self.status.lock().unwrap();
@@ -948,6 +1011,35 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frozen_set_thaws_to_the_same_objects_and_charts() {
+        let mut set = RenderedSet::default();
+        for (name, v) in [
+            ("a", serde_json::json!({"x": [1, 2.5, "s"], "y": null})),
+            ("b", serde_json::json!({})),
+        ] {
+            let obj = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": "ns"}, "data": v});
+            set.objects.insert(
+                ObjectId::of(&obj).unwrap(),
+                RenderedObject {
+                    chart: "c".into(),
+                    template: "charts/c/templates/t.yaml".into(),
+                    object: obj,
+                },
+            );
+        }
+        let d = Desired {
+            set,
+            cluster: "k".into(),
+            namespace: "kube-system".into(),
+        };
+        let back = FrozenDesired::freeze(&d).thaw();
+        assert_eq!(back.set.objects, d.set.objects);
+        assert_eq!(back.set.charts, d.set.charts);
+        assert_eq!((back.cluster, back.namespace), (d.cluster, d.namespace));
+    }
     use std::collections::VecDeque;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
