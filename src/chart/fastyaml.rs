@@ -23,7 +23,7 @@ pub fn parse_stream(text: &str) -> Option<Vec<Value>> {
 
 /// 1-based start lines of sequence items, by JSON pointer (`/patches/3`, `/patches/3/ops/0`),
 /// for the items no deeper than the depth asked for: the lines serde-saphyr's `Spanned`
-/// reports for the same items.
+/// reports for the same items (overlay loading fills one from `Spanned` when this reader declines).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ItemLines(pub std::collections::HashMap<String, usize>);
 
@@ -721,12 +721,21 @@ impl<'a> Reader<'a, '_> {
         Some(v)
     }
 
-    fn flow_map(&mut self, parent: i64) -> Option<Value> {
+    /// Past the opening bracket of a flow collection closed by `close`: `true` when it is empty
+    /// (and consumed).
+    fn flow_open(&mut self, parent: i64, close: u8) -> Option<bool> {
         self.pos += 1;
-        let mut map = Map::new();
         self.flow_ws(parent)?;
-        if self.peek()? == b'}' {
+        if self.peek()? == close {
             self.pos += 1;
+            return Some(true);
+        }
+        Some(false)
+    }
+
+    fn flow_map(&mut self, parent: i64) -> Option<Value> {
+        let mut map = Map::new();
+        if self.flow_open(parent, b'}')? {
             return Some(Value::Object(map));
         }
         loop {
@@ -788,11 +797,8 @@ impl<'a> Reader<'a, '_> {
     }
 
     fn flow_seq(&mut self, parent: i64) -> Option<Value> {
-        self.pos += 1;
         let mut items = Vec::new();
-        self.flow_ws(parent)?;
-        if self.peek()? == b']' {
-            self.pos += 1;
+        if self.flow_open(parent, b']')? {
             return Some(Value::Array(items));
         }
         loop {

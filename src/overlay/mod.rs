@@ -23,6 +23,8 @@ use crate::provenance::{FieldHistory, Origin};
 
 pub use target::{CompiledTarget, Selector, Target};
 
+use crate::chart::fastyaml::ItemLines;
+
 /// The only `apiVersion` an overlay may have.
 pub const OVERLAY_API_VERSION: &str = "pailot.dev/v1";
 
@@ -189,22 +191,6 @@ pub struct LoadedOp {
     pub origin: Arc<Origin>,
 }
 
-/// Start lines of the sequence items of an overlay or patch file, by JSON pointer.
-enum ItemLines {
-    Fast(crate::chart::fastyaml::ItemLines),
-    /// From serde-saphyr's spans: `/patches/N` and `/patches/N/ops/M` (or `/N` for a patch file).
-    Spans(std::collections::HashMap<String, usize>),
-}
-
-impl ItemLines {
-    fn get(&self, pointer: &str) -> Option<usize> {
-        match self {
-            ItemLines::Fast(l) => l.get(pointer),
-            ItemLines::Spans(m) => m.get(pointer).copied(),
-        }
-    }
-}
-
 /// Lines of patches and ops, read in a second, lenient pass over the same text.
 #[derive(Deserialize, Default)]
 struct PatchLines {
@@ -229,7 +215,7 @@ fn parse_with_lines<T: serde::de::DeserializeOwned>(
     if let Some((v, lines)) = crate::chart::fastyaml::parse_document_with_lines(text, depth)
         && let Ok(t) = serde_json::from_value::<T>(v)
     {
-        return Ok((t, ItemLines::Fast(lines)));
+        return Ok((t, lines));
     }
     parse_with_spans(text, file, depth)
 }
@@ -265,7 +251,7 @@ fn parse_with_spans<T: serde::de::DeserializeOwned>(
             }
         }
     }
-    Ok((t, ItemLines::Spans(spans)))
+    Ok((t, ItemLines(spans)))
 }
 
 fn yaml_options() -> serde_saphyr::Options {
