@@ -354,26 +354,6 @@ async fn replicas(ns: &TestNamespace) -> Option<i32> {
     deps.get_opt("web").await.ok().flatten()?.spec.replicas
 }
 
-fn kubectl_scale(ns: &TestNamespace, n: u32) {
-    let out = Command::new(need_tool("kubectl"))
-        .arg("--kubeconfig")
-        .arg(&ns.kubeconfig)
-        .args([
-            "-n",
-            &ns.name,
-            "scale",
-            "deployment/web",
-            &format!("--replicas={n}"),
-        ])
-        .output()
-        .expect("run kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl scale: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_and_broken_commits_fire_pailot_alerts_in_a_real_prometheus() {
     let Some(ns) = TestNamespace::new("alerting").await else {
@@ -513,7 +493,7 @@ async fn drift_and_broken_commits_fire_pailot_alerts_in_a_real_prometheus() {
     );
 
     // 2. Out-of-band edit (warn mode): PailotDriftDetected fires, the drift is left in place.
-    kubectl_scale(&ns, 3);
+    crate::kube::kubectl_scale(&ns, "web", 3);
     let (alert, edit_to_firing) = poll(
         DRIFT_FIRING_BOUND,
         "PailotDriftDetected firing after kubectl scale",
@@ -592,7 +572,7 @@ async fn drift_and_broken_commits_fire_pailot_alerts_in_a_real_prometheus() {
     //     resolves once the window slides past them.
     let t_edits = Instant::now();
     for n in [3, 4, 5] {
-        kubectl_scale(&ns, n);
+        crate::kube::kubectl_scale(&ns, "web", n);
         poll(
             Duration::from_secs(10),
             "correct mode to undo the edit",

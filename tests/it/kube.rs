@@ -409,3 +409,24 @@ impl Drop for PrivateCluster {
         }
     }
 }
+
+/// `kubectl scale deployment/<name> --replicas=n` in the test namespace (a foreign field manager).
+pub fn kubectl_scale(ns: &TestNamespace, deployment: &str, n: u32) {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&ns.kubeconfig)
+        .args([
+            "-n",
+            &ns.name,
+            "scale",
+            &format!("deployment/{deployment}"),
+            &format!("--replicas={n}"),
+        ])
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl scale: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -196,26 +196,6 @@ async fn replicas(ns: &TestNamespace) -> Option<i32> {
     deps.get_opt("web").await.ok().flatten()?.spec.replicas
 }
 
-fn kubectl_scale(ns: &TestNamespace, n: u32) {
-    let out = std::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&ns.kubeconfig)
-        .args([
-            "-n",
-            &ns.name,
-            "scale",
-            "deployment/web",
-            &format!("--replicas={n}"),
-        ])
-        .output()
-        .expect("run kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl scale: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_scale_drift_is_corrected_within_10s_or_only_reported_in_warn_mode() {
     let Some(ns) = TestNamespace::new("daemon-drift").await else {
@@ -231,7 +211,7 @@ async fn kubectl_scale_drift_is_corrected_within_10s_or_only_reported_in_warn_mo
     .await;
     assert_eq!(replicas(&ns).await, Some(1));
 
-    kubectl_scale(&ns, 3);
+    crate::kube::kubectl_scale(&ns, "web", 3);
     let t = Instant::now();
     loop {
         if replicas(&ns).await == Some(1) {
@@ -259,7 +239,7 @@ async fn kubectl_scale_drift_is_corrected_within_10s_or_only_reported_in_warn_mo
         s["revision"].is_string() && s["phase"] == "idle"
     })
     .await;
-    kubectl_scale(&ns, 2);
+    crate::kube::kubectl_scale(&ns, "web", 2);
     let s = d
         .wait_status(Duration::from_secs(10), "drift record", |s| {
             s["drift"].as_array().is_some_and(|d| !d.is_empty())
