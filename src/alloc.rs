@@ -65,24 +65,32 @@ fn runs_daemon() -> bool {
 unsafe impl GlobalAlloc for PerCommand {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        unsafe {
+        let p = unsafe {
             if mode() == MIMALLOC {
                 MiMalloc.alloc(layout)
             } else {
                 System.alloc(layout)
             }
+        };
+        if p.is_null() {
+            pailot::oom::exit_if_set(layout.size());
         }
+        p
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        unsafe {
+        let p = unsafe {
             if mode() == MIMALLOC {
                 MiMalloc.alloc_zeroed(layout)
             } else {
                 System.alloc_zeroed(layout)
             }
+        };
+        if p.is_null() {
+            pailot::oom::exit_if_set(layout.size());
         }
+        p
     }
 
     #[inline]
@@ -98,13 +106,17 @@ unsafe impl GlobalAlloc for PerCommand {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        unsafe {
+        let p = unsafe {
             if mode() == MIMALLOC {
                 MiMalloc.realloc(ptr, layout, new_size)
             } else {
                 System.realloc(ptr, layout, new_size)
             }
+        };
+        if p.is_null() {
+            pailot::oom::exit_if_set(new_size);
         }
+        p
     }
 }
 

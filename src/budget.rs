@@ -36,6 +36,57 @@ impl Budget {
     pub fn fits(&self) -> bool {
         self.machines.iter().all(|m| m.fits)
     }
+
+    /// One line per machine that does not fit: what is over, by how much, and the `top` largest
+    /// containers by memory request (what an operator lowers first). `None` when everything fits.
+    pub fn over_summary(&self, top: usize) -> Option<String> {
+        let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+        let lines: Vec<String> = self
+            .machines
+            .iter()
+            .filter(|m| !m.fits)
+            .map(|m| {
+                let mut over = Vec::new();
+                if m.requests_memory > m.capacity_memory {
+                    over.push(format!(
+                        "memory requests {} of {}",
+                        gib(m.requests_memory),
+                        gib(m.capacity_memory)
+                    ));
+                }
+                if m.requests_cpu_milli > m.capacity_cpu_milli {
+                    over.push(format!(
+                        "cpu requests {}m of {}m",
+                        m.requests_cpu_milli, m.capacity_cpu_milli
+                    ));
+                }
+                if m.requests_gpu > m.capacity_gpu {
+                    over.push(format!(
+                        "gpu requests {} of {}",
+                        m.requests_gpu, m.capacity_gpu
+                    ));
+                }
+                let mut items: Vec<&BudgetItem> = m.items.iter().collect();
+                items.sort_by(|a, b| {
+                    b.request_memory
+                        .cmp(&a.request_memory)
+                        .then_with(|| a.object.cmp(&b.object))
+                });
+                let biggest: Vec<String> = items
+                    .iter()
+                    .take(top)
+                    .map(|i| format!("{} {} {}", i.object, i.container, gib(i.request_memory)))
+                    .collect();
+                format!(
+                    "machine {}: {}; largest: {}",
+                    m.machine,
+                    over.join(", "),
+                    biggest.join(", ")
+                )
+            })
+            .collect();
+        (!lines.is_empty()).then(|| lines.join("\n"))
+    }
 }
 
 /// What would run on one machine, summed, against its capacity.

@@ -1,7 +1,8 @@
 //! The inventory of what pailot applied: a kubectl ApplySet (KEP-3659) parent Secret and its member labels.
 //!
-//! The parent is a Secret named `applyset-<cluster name>` (namespace `kube-system` unless configured) that
-//! carries the ApplySet id label and the tooling / contains-group-kinds / additional-namespaces annotations.
+//! The parent is a Secret named `applyset-<cluster name>` in the Cluster file's `namespace` (the one rule
+//! every command and the daemon use, [`Inventory::of`]; a parent an earlier version left in `kube-system`
+//! is adopted where it is, see `apply::locate_inventory`) that carries the ApplySet id label and the tooling / contains-group-kinds / additional-namespaces annotations.
 //! Members carry `applyset.kubernetes.io/part-of: <id>` and `pailot.dev/chart: <chart>`; the member list is
 //! what the cluster holds with that label, so an object is forgotten only once its deletion is confirmed.
 
@@ -10,6 +11,8 @@ use std::collections::BTreeSet;
 use base64::Engine;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+
+use crate::manifest::ObjectId;
 
 /// Label on the parent: the ApplySet id.
 pub const ID_LABEL: &str = "applyset.kubernetes.io/id";
@@ -23,8 +26,8 @@ pub const GROUP_KINDS_ANNOTATION: &str = "applyset.kubernetes.io/contains-group-
 pub const NAMESPACES_ANNOTATION: &str = "applyset.kubernetes.io/additional-namespaces";
 /// pailot's own label on every member: the chart that rendered it.
 pub const CHART_LABEL: &str = "pailot.dev/chart";
-/// Default namespace of the parent Secret.
-pub const DEFAULT_NAMESPACE: &str = "kube-system";
+/// Where earlier versions of pailot put the parent (the CLI's old default); a parent found there is adopted.
+pub const LEGACY_NAMESPACES: [&str; 1] = ["kube-system"];
 
 /// Why an existing parent cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -56,6 +59,14 @@ pub struct GroupKind {
 }
 
 impl GroupKind {
+    /// The group kind of an object.
+    pub fn of(id: &ObjectId) -> Self {
+        GroupKind {
+            group: id.group.clone(),
+            kind: id.kind.clone(),
+        }
+    }
+
     /// Parse `Kind.group` (the group may itself contain dots) or `Kind`.
     pub fn parse(s: &str) -> Option<Self> {
         let s = s.trim();
@@ -95,6 +106,27 @@ pub struct Inventory {
 }
 
 impl Inventory {
+    /// The inventory of `cluster`: `Secret/<cluster.namespace>/applyset-<cluster.name>`.
+    pub fn of(cluster: &crate::cluster::Cluster) -> Self {
+        Inventory::for_cluster(&cluster.name, &cluster.namespace)
+    }
+
+    /// The parent Secret's identity.
+    pub fn parent_id(&self) -> ObjectId {
+        ObjectId {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "Secret".into(),
+            namespace: Some(self.namespace.clone()),
+            name: self.name.clone(),
+        }
+    }
+
+    /// `Secret/<namespace>/<name>`, as messages show it.
+    pub fn parent_name(&self) -> String {
+        self.parent_id().to_string()
+    }
+
     /// The inventory of cluster `cluster_name`, with its parent in `namespace`.
     pub fn for_cluster(cluster_name: &str, namespace: &str) -> Self {
         Inventory {

@@ -12,11 +12,15 @@
 
 pub mod chart;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod diag;
+pub mod duration;
+pub mod failure;
 pub mod manifest;
 pub mod provenance;
 pub mod quantity;
+pub mod redact;
 
 /// Field manager for every server-side apply pailot makes.
 pub const FIELD_MANAGER: &str = "pailot";
@@ -28,7 +32,10 @@ pub mod budget;
 pub mod daemon;
 pub mod init;
 pub mod inventory;
+pub mod kube_client;
 pub mod metrics;
+pub mod oom;
+pub mod order;
 pub mod overlay;
 pub mod par;
 pub mod preflight;

@@ -94,7 +94,7 @@ impl fmt::Display for ObjectId {
 }
 
 /// One rendered object and where it came from.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RenderedObject {
     /// Name of the chart that rendered it.
     pub chart: String,
@@ -105,7 +105,7 @@ pub struct RenderedObject {
 }
 
 /// A chart taking part in a render, with its dependencies (`dependsOn`), in dependency order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChartInfo {
     pub name: String,
     pub version: String,
@@ -113,13 +113,40 @@ pub struct ChartInfo {
 }
 
 /// Everything one render produced: objects by identity, the charts, and field provenance.
-#[derive(Clone, Debug, Default, Serialize)]
+///
+/// Serialized (between a render helper and the daemon) without provenance, and with the objects as a
+/// list (JSON maps need string keys).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RenderedSet {
+    #[serde(with = "objects_as_list")]
     pub objects: BTreeMap<ObjectId, RenderedObject>,
     /// Charts included by the overlays, in a dependency-respecting, deterministic order.
     pub charts: Vec<ChartInfo>,
     #[serde(skip)]
     pub provenance: Provenance,
+}
+
+mod objects_as_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{ObjectId, RenderedObject};
+
+    pub fn serialize<S: Serializer>(
+        objects: &BTreeMap<ObjectId, RenderedObject>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(objects.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<ObjectId, RenderedObject>, D::Error> {
+        Ok(Vec::<(ObjectId, RenderedObject)>::deserialize(d)?
+            .into_iter()
+            .collect())
+    }
 }
 
 /// Annotation marking a Pod that `pailot bootstrap` writes into the kubelet's static pod directory;

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -17,6 +17,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::apply::Action;
+use crate::failure::{Failure, Reason, Stage};
 
 /// Most distinct `chart` label values kept; further charts are counted under `_other`.
 pub const MAX_CHART_LABELS: usize = 512;
@@ -76,114 +79,17 @@ impl FetchResult {
     }
 }
 
-/// Stage of the reconcile loop a failure happened in (`pailot_reconcile_failures_total{stage}`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Stage {
-    Fetch,
-    Verify,
-    Render,
-    Plan,
-    Apply,
-    Wait,
-    Prune,
-    Inventory,
-    Drift,
-}
-
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Fetch => "fetch",
-            Stage::Verify => "verify",
-            Stage::Render => "render",
-            Stage::Plan => "plan",
-            Stage::Apply => "apply",
-            Stage::Wait => "wait",
-            Stage::Prune => "prune",
-            Stage::Inventory => "inventory",
-            Stage::Drift => "drift",
-        }
-    }
-}
-
-/// Why a stage failed (`pailot_reconcile_failures_total{reason}`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FailureReason {
-    /// Charts, overlays, cluster file or config are invalid (terminal until the next commit).
-    InvalidInput,
-    /// The commit is unsigned or signed by an untrusted key.
-    Untrusted,
-    /// The source (git remote) could not be reached or read.
-    SourceUnreachable,
-    /// The Kubernetes API could not be reached (transient).
-    ApiUnreachable,
-    /// The API server refused an object (validation, admission, conflict).
-    Rejected,
-    /// Objects did not become healthy within the timeout.
-    Timeout,
-    /// A local I/O error (state directory).
-    Io,
-    /// Anything else.
-    Other,
-}
-
-impl FailureReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureReason::InvalidInput => "invalid_input",
-            FailureReason::Untrusted => "untrusted",
-            FailureReason::SourceUnreachable => "source_unreachable",
-            FailureReason::ApiUnreachable => "api_unreachable",
-            FailureReason::Rejected => "rejected",
-            FailureReason::Timeout => "timeout",
-            FailureReason::Io => "io",
-            FailureReason::Other => "other",
-        }
-    }
-}
-
-/// What apply did to an object (`pailot_apply_objects_total{action}`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ApplyAction {
-    Created,
-    Configured,
-    Unchanged,
-    Deleted,
-    Skipped,
-}
-
-impl ApplyAction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApplyAction::Created => "created",
-            ApplyAction::Configured => "configured",
-            ApplyAction::Unchanged => "unchanged",
-            ApplyAction::Deleted => "deleted",
-            ApplyAction::Skipped => "skipped",
-        }
-    }
-}
-
 /// Why a prune was not done (`pailot_prune_blocked_total{reason}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PruneBlockedReason {
     /// More objects would be deleted than the mass-prune threshold allows.
     MassPruneThreshold,
-    /// The object carries a keep/no-prune annotation.
-    Protected,
-    /// The live object is not owned by this inventory (another manager or ApplySet).
-    NotOwned,
-    /// The render is incomplete (a chart failed), so absence proves nothing.
-    IncompleteRender,
 }
 
 impl PruneBlockedReason {
     pub fn as_str(self) -> &'static str {
         match self {
             PruneBlockedReason::MassPruneThreshold => "mass_prune_threshold",
-            PruneBlockedReason::Protected => "protected",
-            PruneBlockedReason::NotOwned => "not_owned",
-            PruneBlockedReason::IncompleteRender => "incomplete_render",
         }
     }
 }
@@ -227,6 +133,14 @@ struct ChartLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ItemLabels {
+    item: String,
+}
+
+/// Most `pailot_bootstrap_missing` series at once.
+const MAX_BOOTSTRAP_ITEMS: usize = 32;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -239,14 +153,6 @@ fn reconcile_histogram() -> Histogram {
 
 fn fetch_histogram() -> Histogram {
     Histogram::new(FETCH_BUCKETS)
-}
-
-/// Seconds since the Unix epoch, now.
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// Scrape-time collector of the daemon's resident memory (`pailot_process_resident_memory_bytes`).
@@ -286,7 +192,6 @@ pub struct Metrics {
     failures_total: Family<FailureLabels, Counter>,
     reconcile_failing: Family<FailingLabels, Gauge>,
     last_success: F64Gauge,
-    start_time: F64Gauge,
     revision_info: Family<RevisionLabels, Gauge>,
     fetch_duration: Family<ResultLabels, Histogram, fn() -> Histogram>,
     apply_objects_total: Family<ActionLabels, Counter>,
@@ -295,7 +200,9 @@ pub struct Metrics {
     drift_detected_total: Family<ChartLabels, Counter>,
     chart_ready: Family<ChartLabels, Gauge>,
     prune_blocked_total: Family<ReasonLabels, Counter>,
+    rollbacks_total: Counter,
     bootstrap_complete: Gauge,
+    bootstrap_missing: Family<ItemLabels, Gauge>,
     leader: Gauge,
     /// Serialises the "one live series" updates (revision, failing).
     single_series: Mutex<()>,
@@ -349,7 +256,7 @@ impl Metrics {
             last_success.clone(),
         );
         let start_time = F64Gauge::default();
-        start_time.set(unix_now());
+        start_time.set(crate::clock::unix_now_f64());
         registry.register(
             "pailot_start_time_seconds",
             "Unix time the daemon started.",
@@ -406,11 +313,23 @@ impl Metrics {
             "Prunes refused, by reason.",
             prune_blocked_total.clone(),
         );
+        let rollbacks_total = Counter::default();
+        registry.register(
+            "pailot_rollbacks",
+            "Automatic rollbacks to the last healthy revision after a health failure (reconcile.rollback: onHealthFailure).",
+            rollbacks_total.clone(),
+        );
         let bootstrap_complete = Gauge::default();
         registry.register(
             "pailot_bootstrap_complete",
             "1 when the host bootstrap (control plane, mirrors, node labels) is complete.",
             bootstrap_complete.clone(),
+        );
+        let bootstrap_missing = Family::<ItemLabels, Gauge>::default();
+        registry.register(
+            "pailot_bootstrap_missing",
+            "1 for each thing the host bootstrap is missing (item: record, mirror <registry>, …); absent when complete.",
+            bootstrap_missing.clone(),
         );
         let leader = Gauge::default();
         registry.register(
@@ -441,23 +360,12 @@ impl Metrics {
                 result: result.as_str(),
             });
         }
-        for action in [
-            ApplyAction::Created,
-            ApplyAction::Configured,
-            ApplyAction::Unchanged,
-            ApplyAction::Deleted,
-            ApplyAction::Skipped,
-        ] {
+        for action in Action::ALL {
             let _ = apply_objects_total.get_or_create(&ActionLabels {
-                action: action.as_str(),
+                action: action.word(),
             });
         }
-        for reason in [
-            PruneBlockedReason::MassPruneThreshold,
-            PruneBlockedReason::Protected,
-            PruneBlockedReason::NotOwned,
-            PruneBlockedReason::IncompleteRender,
-        ] {
+        for reason in [PruneBlockedReason::MassPruneThreshold] {
             let _ = prune_blocked_total.get_or_create(&ReasonLabels {
                 reason: reason.as_str(),
             });
@@ -469,7 +377,6 @@ impl Metrics {
             failures_total,
             reconcile_failing,
             last_success,
-            start_time,
             revision_info,
             fetch_duration,
             apply_objects_total,
@@ -478,7 +385,9 @@ impl Metrics {
             drift_detected_total,
             chart_ready,
             prune_blocked_total,
+            rollbacks_total,
             bootstrap_complete,
+            bootstrap_missing,
             leader,
             single_series: Mutex::new(()),
             charts: Mutex::new(HashSet::new()),
@@ -514,34 +423,58 @@ impl Metrics {
         }
     }
 
-    /// A stage failed: counts it and makes it the one `pailot_reconcile_failing` series.
-    pub fn record_failure(&self, stage: Stage, reason: FailureReason) {
-        self.record_failure_in(stage, reason, None);
+    /// A reconcile failed: counts it by stage and reason, and makes `pailot_reconcile_failing` hold one
+    /// series per failing chart (one with `chart=""` when the failure is not about charts) until the
+    /// next success or failure.
+    pub fn record_failure(&self, f: &Failure) {
+        self.failures_total
+            .get_or_create(&FailureLabels {
+                stage: f.stage.as_str(),
+                reason: f.reason.as_str(),
+            })
+            .inc();
+        self.set_failing(f);
     }
 
-    /// Like [`Metrics::record_failure`], naming the chart the failure belongs to.
-    pub fn record_failure_in(&self, stage: Stage, reason: FailureReason, chart: Option<&str>) {
+    /// Make `f` the failing state without counting it again (a drift check that fails while a
+    /// reconcile failure is reported only counts).
+    pub fn set_failing(&self, f: &Failure) {
+        let charts: Vec<String> = if f.charts.is_empty() {
+            vec![String::new()]
+        } else {
+            f.charts.iter().map(|c| self.chart_label(c)).collect()
+        };
+        let _g = self.single_series.lock().unwrap_or_else(|e| e.into_inner());
+        self.reconcile_failing.clear();
+        for chart in charts {
+            self.reconcile_failing
+                .get_or_create(&FailingLabels {
+                    stage: f.stage.as_str(),
+                    reason: f.reason.as_str(),
+                    chart,
+                })
+                .set(1);
+        }
+    }
+
+    /// Count a failure that does not change the reconcile's state (a failed drift check).
+    pub fn count_failure(&self, stage: Stage, reason: Reason) {
         self.failures_total
             .get_or_create(&FailureLabels {
                 stage: stage.as_str(),
                 reason: reason.as_str(),
             })
             .inc();
-        let chart = chart.map(|c| self.chart_label(c)).unwrap_or_default();
-        let _g = self.single_series.lock().unwrap_or_else(|e| e.into_inner());
-        self.reconcile_failing.clear();
-        self.reconcile_failing
-            .get_or_create(&FailingLabels {
-                stage: stage.as_str(),
-                reason: reason.as_str(),
-                chart,
-            })
-            .set(1);
+    }
+
+    /// One automatic rollback.
+    pub fn inc_rollbacks(&self) {
+        self.rollbacks_total.inc();
     }
 
     /// Stamp `pailot_last_success_timestamp_seconds` with the current time.
     pub fn last_success_now(&self) {
-        self.last_success.set(unix_now());
+        self.last_success.set(crate::clock::unix_now_f64());
     }
 
     /// Unix time of the last successful reconcile, `None` before the first.
@@ -585,32 +518,45 @@ impl Metrics {
         self.inventory_objects.set(n as i64);
     }
 
-    /// `n` objects handled with `action`.
-    pub fn record_apply(&self, action: ApplyAction, n: u64) {
-        self.apply_objects_total
-            .get_or_create(&ActionLabels {
-                action: action.as_str(),
-            })
-            .inc_by(n);
+    /// Objects handled by one apply, by action.
+    pub fn record_apply(&self, counts: &std::collections::BTreeMap<Action, usize>) {
+        for (action, n) in counts {
+            self.apply_objects_total
+                .get_or_create(&ActionLabels {
+                    action: action.word(),
+                })
+                .inc_by(*n as u64);
+        }
     }
 
-    /// Whether every object of `chart` is healthy.
-    pub fn set_chart_ready(&self, chart: &str, ready: bool) {
-        let l = ChartLabels {
-            chart: self.chart_label(chart),
-        };
-        let _ = self.drift_detected_total.get_or_create(&l);
-        self.chart_ready.get_or_create(&l).set(i64::from(ready));
-    }
-
-    /// Forget the per-chart series of a chart no longer rendered (so dashboards do not show it forever).
-    pub fn forget_chart(&self, chart: &str) {
-        let l = ChartLabels {
-            chart: chart.to_string(),
-        };
-        self.chart_ready.remove(&l);
-        self.drifted_objects.remove(&l);
-        self.drift_detected_total.remove(&l);
+    /// Readiness of every chart of the latest render: each gets a series (and a drift counter from 0);
+    /// the series of charts no longer rendered are removed, so a removed chart does not stay "ready".
+    pub fn set_charts(&self, ready: &std::collections::BTreeMap<String, bool>) {
+        let _g = self.single_series.lock().unwrap_or_else(|e| e.into_inner());
+        let keep: HashSet<String> = ready.keys().map(|c| self.chart_label(c)).collect();
+        let mut seen = self.charts.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<String> = seen
+            .iter()
+            .filter(|c| !keep.contains(*c))
+            .cloned()
+            .collect();
+        for chart in gone {
+            let l = ChartLabels {
+                chart: chart.clone(),
+            };
+            self.chart_ready.remove(&l);
+            self.drifted_objects.remove(&l);
+            self.drift_detected_total.remove(&l);
+            seen.remove(&chart);
+        }
+        drop(seen);
+        for (chart, ok) in ready {
+            let l = ChartLabels {
+                chart: self.chart_label(chart),
+            };
+            let _ = self.drift_detected_total.get_or_create(&l);
+            self.chart_ready.get_or_create(&l).set(i64::from(*ok));
+        }
     }
 
     /// One prune refused for `reason`.
@@ -622,9 +568,19 @@ impl Metrics {
             .inc();
     }
 
-    /// Whether the host bootstrap is complete.
-    pub fn set_bootstrap_complete(&self, complete: bool) {
-        self.bootstrap_complete.set(i64::from(complete));
+    /// What the bootstrap record says: `pailot_bootstrap_complete`, and one
+    /// `pailot_bootstrap_missing{item}` series per missing item (the word before the first `:` of each
+    /// line, e.g. `record`, `mirror docker.io`), so the alert can say what is missing.
+    pub fn set_bootstrap(&self, b: &crate::daemon::status::BootstrapStatus) {
+        self.bootstrap_complete.set(i64::from(b.complete));
+        let _g = self.single_series.lock().unwrap_or_else(|e| e.into_inner());
+        self.bootstrap_missing.clear();
+        for line in b.missing.iter().take(MAX_BOOTSTRAP_ITEMS) {
+            let item = line.split(':').next().unwrap_or(line).trim().to_string();
+            self.bootstrap_missing
+                .get_or_create(&ItemLabels { item })
+                .set(1);
+        }
     }
 
     /// Whether this daemon is the leader (or runs without leader election).
@@ -639,20 +595,6 @@ impl Metrics {
                 result: result.as_str(),
             })
             .observe(duration.as_secs_f64());
-    }
-
-    /// Start timing a reconcile; see [`ReconcileTimer`].
-    pub fn reconcile_timer(&self) -> ReconcileTimer<'_> {
-        ReconcileTimer {
-            metrics: self,
-            start: Instant::now(),
-            done: false,
-        }
-    }
-
-    /// Unix time the daemon started.
-    pub fn start_time(&self) -> f64 {
-        self.start_time.get()
     }
 
     /// The OpenMetrics text exposition (ends with `# EOF`).
@@ -673,37 +615,10 @@ impl Metrics {
     }
 }
 
-/// Times one reconcile. `finish(result)` records it; dropped without `finish` (an early
-/// return, `?`, a panic, a cancelled future) it records a failure with the time spent so far.
-#[derive(Debug)]
-pub struct ReconcileTimer<'a> {
-    metrics: &'a Metrics,
-    start: Instant,
-    done: bool,
-}
-
-impl ReconcileTimer<'_> {
-    /// Record the reconcile with `result` and its duration so far.
-    pub fn finish(mut self, result: ReconcileResult) -> Duration {
-        self.done = true;
-        let d = self.start.elapsed();
-        self.metrics.record_reconcile(result, d);
-        d
-    }
-}
-
-impl Drop for ReconcileTimer<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.metrics
-                .record_reconcile(ReconcileResult::Failure, self.start.elapsed());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
         text.lines().find_map(|l| {
@@ -716,27 +631,30 @@ mod tests {
     fn counters_get_total_suffix_once_and_catalogue_is_complete() {
         let m = Metrics::with_version("1.2.3");
         m.record_reconcile(ReconcileResult::Success, Duration::from_millis(20));
-        m.record_failure(Stage::Render, FailureReason::InvalidInput);
-        m.record_apply(ApplyAction::Created, 3);
+        m.record_failure(&Failure::new(Stage::Render, Reason::InvalidInput, "x"));
+        m.record_apply(&BTreeMap::from([(Action::Created, 3)]));
         m.inc_drift("grafana");
         m.inc_prune_blocked(PruneBlockedReason::MassPruneThreshold);
         m.record_fetch(FetchResult::Success, Duration::from_millis(7));
         m.set_revision("abc");
         m.set_inventory(12);
         m.set_drifted("grafana", 2);
-        m.set_chart_ready("grafana", true);
+        m.set_charts(&BTreeMap::from([("grafana".to_string(), true)]));
+        m.inc_rollbacks();
         let t = m.encode_openmetrics().unwrap();
         assert!(t.ends_with("# EOF\n"), "{t}");
         for name in [
             "pailot_reconcile_total{result=\"success\"}",
             "pailot_reconcile_failures_total{stage=\"render\",reason=\"invalid_input\"}",
             "pailot_apply_objects_total{action=\"created\"}",
+            "pailot_apply_objects_total{action=\"failed\"}",
             "pailot_drift_detected_total{chart=\"grafana\"}",
             "pailot_prune_blocked_total{reason=\"mass_prune_threshold\"}",
             "pailot_source_revision_info{revision=\"abc\"}",
             "pailot_inventory_objects",
             "pailot_drifted_objects{chart=\"grafana\"}",
             "pailot_chart_ready{chart=\"grafana\"}",
+            "pailot_rollbacks_total",
             "pailot_build_info{version=\"1.2.3\"}",
             "pailot_bootstrap_complete",
             "pailot_leader",
@@ -749,10 +667,6 @@ mod tests {
         assert_eq!(
             sample(&t, "pailot_apply_objects_total{action=\"created\"}"),
             Some("3")
-        );
-        assert_eq!(
-            sample(&t, "pailot_drifted_objects{chart=\"grafana\"}"),
-            Some("2")
         );
         assert_eq!(sample(&t, "pailot_inventory_objects"), Some("12"));
         let rss: u64 = sample(&t, "pailot_process_resident_memory_bytes")
@@ -773,47 +687,34 @@ mod tests {
             .filter(|l| l.starts_with("pailot_source_revision_info{"))
             .count();
         assert_eq!(n, 1, "{t}");
-        assert_eq!(
-            sample(&t, "pailot_source_revision_info{revision=\"bbbb\"}"),
-            Some("1")
-        );
     }
 
     #[test]
-    fn success_clears_failing_and_stamps_last_success() {
+    fn failing_names_every_failing_chart_and_a_success_clears_it() {
         let m = Metrics::new();
         assert_eq!(m.last_success(), None);
-        m.record_failure_in(
-            Stage::Render,
-            FailureReason::InvalidInput,
-            Some("zookeeper"),
+        m.record_failure(
+            &Failure::new(Stage::Wait, Reason::Unhealthy, "x")
+                .with_charts(["zookeeper".to_string(), "grafana".to_string()]),
         );
-        m.record_failure(Stage::Apply, FailureReason::ApiUnreachable);
         let t = m.encode_openmetrics().unwrap();
+        for chart in ["zookeeper", "grafana"] {
+            assert!(
+                t.contains(&format!(
+                    "pailot_reconcile_failing{{stage=\"wait\",reason=\"unhealthy\",chart=\"{chart}\"}} 1"
+                )),
+                "{t}"
+            );
+        }
+        m.record_failure(&Failure::new(Stage::Apply, Reason::ApiUnreachable, "y"));
+        let t = m.encode_openmetrics().unwrap();
+        let failing: Vec<&str> = t
+            .lines()
+            .filter(|l| l.starts_with("pailot_reconcile_failing{"))
+            .collect();
         assert_eq!(
-            t.lines()
-                .filter(|l| l.starts_with("pailot_reconcile_failing{"))
-                .count(),
-            1,
-            "{t}"
-        );
-        assert!(
-            t.contains(
-                "pailot_reconcile_failing{stage=\"apply\",reason=\"api_unreachable\",chart=\"\"} 1"
-            ),
-            "{t}"
-        );
-        assert_eq!(
-            sample(&t, "pailot_prune_blocked_total{reason=\"protected\"}"),
-            Some("0"),
-            "pre-created"
-        );
-        assert_eq!(
-            sample(
-                &t,
-                "pailot_reconcile_failures_total{stage=\"render\",reason=\"invalid_input\"}"
-            ),
-            Some("1")
+            failing,
+            ["pailot_reconcile_failing{stage=\"apply\",reason=\"api_unreachable\",chart=\"\"} 1"]
         );
         m.record_reconcile(ReconcileResult::Success, Duration::from_secs(1));
         let t = m.encode_openmetrics().unwrap();
@@ -822,52 +723,34 @@ mod tests {
     }
 
     #[test]
-    fn timer_dropped_without_finish_counts_a_failure() {
+    fn a_chart_that_left_the_render_loses_its_series() {
         let m = Metrics::new();
-        {
-            let _t = m.reconcile_timer();
-        }
-        let d = m.reconcile_timer().finish(ReconcileResult::Success);
-        assert!(d < Duration::from_secs(5));
-        let t = m.encode_openmetrics().unwrap();
-        assert_eq!(
-            sample(&t, "pailot_reconcile_total{result=\"failure\"}"),
-            Some("1"),
-            "{t}"
-        );
-        assert_eq!(
-            sample(&t, "pailot_reconcile_total{result=\"success\"}"),
-            Some("1"),
-            "{t}"
-        );
-        assert_eq!(
-            sample(&t, "pailot_reconcile_duration_seconds_count"),
-            Some("2"),
-            "{t}"
-        );
-    }
-
-    #[test]
-    fn reported_charts_have_a_drift_counter_from_zero() {
-        let m = Metrics::new();
-        m.set_chart_ready("pylon", true);
+        m.set_charts(&BTreeMap::from([
+            ("pylon".to_string(), true),
+            ("grafana".to_string(), false),
+        ]));
         let t = m.encode_openmetrics().unwrap();
         assert_eq!(
             sample(&t, "pailot_drift_detected_total{chart=\"pylon\"}"),
             Some("0"),
             "{t}"
         );
-        m.forget_chart("pylon");
+        m.set_charts(&BTreeMap::from([("grafana".to_string(), true)]));
         let t = m.encode_openmetrics().unwrap();
         assert!(!t.contains("chart=\"pylon\""), "{t}");
+        assert_eq!(
+            sample(&t, "pailot_chart_ready{chart=\"grafana\"}"),
+            Some("1")
+        );
     }
 
     #[test]
     fn chart_labels_are_capped() {
         let m = Metrics::new();
-        for i in 0..(MAX_CHART_LABELS + 5) {
-            m.set_chart_ready(&format!("c{i}"), true);
-        }
+        let many: BTreeMap<String, bool> = (0..(MAX_CHART_LABELS + 5))
+            .map(|i| (format!("c{i:04}"), true))
+            .collect();
+        m.set_charts(&many);
         let t = m.encode_openmetrics().unwrap();
         let n = t
             .lines()
@@ -880,7 +763,7 @@ mod tests {
     #[test]
     fn prometheus_text_names_counters_with_total() {
         let m = Metrics::new();
-        m.record_apply(ApplyAction::Deleted, 1);
+        m.record_apply(&BTreeMap::from([(Action::Deleted, 1)]));
         let t = m.encode_prometheus_text().unwrap();
         assert!(
             t.contains("# TYPE pailot_apply_objects_total counter"),
@@ -891,6 +774,5 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("# EOF"));
-        assert!(!t.contains("# UNIT"));
     }
 }

@@ -18,7 +18,7 @@ use crate::overlay::{self, LoadedOverlay};
 use crate::provenance::{FieldHistory, Provenance};
 
 /// What to render.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RenderRequest {
     /// Root of the deployment repository (holds charts/, overlays/, clusters/).
     pub repo_root: PathBuf,
@@ -28,6 +28,13 @@ pub struct RenderRequest {
     pub overlays: Option<Vec<String>>,
     /// Git commit rendered (`release.revision`); `"local"` when absent.
     pub revision: Option<String>,
+}
+
+/// What a render produced: the cluster it was for and the set.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Rendered {
+    pub cluster: Cluster,
+    pub set: RenderedSet,
 }
 
 /// Name of a file for messages: relative to the repository root when inside it.
@@ -281,71 +288,27 @@ pub fn dependency_order(
             .filter(|d| selected.contains(*d) && *d != c)
             .collect()
     };
-    let mut remaining: BTreeMap<&str, BTreeSet<&str>> = selected
-        .iter()
-        .map(|c| (c.as_str(), deps(c).into_iter().collect()))
-        .collect();
-    let mut order = Vec::with_capacity(selected.len());
-    while !remaining.is_empty() {
-        let ready: Option<&str> = remaining
-            .iter()
-            .find(|(_, d)| d.is_empty())
-            .map(|(c, _)| *c);
-        let Some(next) = ready else {
-            return Err(cycle_error(charts, &remaining));
-        };
-        remaining.remove(next);
-        for d in remaining.values_mut() {
-            d.remove(next);
-        }
-        let meta = &charts[next].meta;
-        order.push(ChartInfo {
-            name: next.to_string(),
-            version: meta.version.clone(),
-            depends_on: deps(next).into_iter().map(str::to_string).collect(),
-        });
-    }
-    Ok(order)
-}
-
-fn cycle_error(
-    charts: &BTreeMap<String, Chart>,
-    remaining: &BTreeMap<&str, BTreeSet<&str>>,
-) -> InputError {
-    // Every remaining chart waits on another remaining one: walk until a chart repeats.
-    let start = *remaining.keys().next().expect("non-empty");
-    let mut path = vec![start];
-    let mut cur = start;
-    loop {
-        let next = *remaining[cur]
-            .iter()
-            .next()
-            .expect("every remaining chart has a dependency");
-        if let Some(pos) = path.iter().position(|c| *c == next) {
-            let mut cycle: Vec<&str> = path[pos..].to_vec();
-            cycle.push(next);
-            let first = cycle[0];
-            return InputError::new(
-                format!("{}/Chart.yaml", charts[first].rel_dir),
-                format!("dependsOn cycle: {}", cycle.join(" -> ")),
-            )
-            .place("dependsOn")
-            .object(format!("chart {first}"));
-        }
-        path.push(next);
-        cur = next;
-    }
-}
-
-/// Apply stage of a kind in the output order: CRDs, Namespaces, cluster RBAC, `*Class` kinds, the rest.
-pub fn output_stage(kind: &str) -> u8 {
-    match kind {
-        "CustomResourceDefinition" => 0,
-        "Namespace" => 1,
-        "ClusterRole" | "ClusterRoleBinding" => 2,
-        k if k.ends_with("Class") => 3,
-        _ => 4,
-    }
+    let nodes: Vec<(&str, Vec<&str>)> = selected.iter().map(|c| (c.as_str(), deps(c))).collect();
+    let order = crate::order::dependency_sort(&nodes).map_err(|cycle| {
+        let first = cycle.0[0].as_str();
+        InputError::new(
+            format!("{}/Chart.yaml", charts[first].rel_dir),
+            format!("dependsOn cycle: {cycle}"),
+        )
+        .place("dependsOn")
+        .object(format!("chart {first}"))
+    })?;
+    Ok(order
+        .into_iter()
+        .map(|i| {
+            let (name, deps) = &nodes[i];
+            ChartInfo {
+                name: name.to_string(),
+                version: charts[*name].meta.version.clone(),
+                depends_on: deps.iter().map(|d| d.to_string()).collect(),
+            }
+        })
+        .collect())
 }
 
 /// The objects of `set` in output order: charts in `set.charts` order; within a chart by stage,
@@ -362,7 +325,7 @@ pub fn ordered(set: &RenderedSet) -> Vec<(&ObjectId, &RenderedObject)> {
         let key = |id: &'_ ObjectId, ro: &RenderedObject| {
             (
                 rank.get(ro.chart.as_str()).copied().unwrap_or(usize::MAX),
-                output_stage(&id.kind),
+                crate::order::rank(id),
             )
         };
         key(a, ao)
@@ -420,18 +383,4 @@ pub fn to_json(set: &RenderedSet) -> String {
     let mut s = serde_json::to_string_pretty(&list).unwrap_or_else(|_| "[]".into());
     s.push('\n');
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stages() {
-        assert!(output_stage("CustomResourceDefinition") < output_stage("Namespace"));
-        assert!(output_stage("Namespace") < output_stage("ClusterRoleBinding"));
-        assert!(output_stage("ClusterRole") < output_stage("PriorityClass"));
-        assert!(output_stage("RuntimeClass") < output_stage("Deployment"));
-        assert_eq!(output_stage("Role"), 4);
-    }
 }

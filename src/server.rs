@@ -3,12 +3,10 @@
 //! The caller binds the listener (so tests can use `127.0.0.1:0`) and passes a shutdown future;
 //! on shutdown the listener closes and open connections get a few seconds to finish.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,13 +18,22 @@ use hyper::service::service_fn;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::daemon::status::Status;
 
 use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
 
 /// Largest request body accepted (webhook payloads); larger bodies get 413.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Connections served at once; more are closed on accept, so a flood of slow clients can neither
+/// exhaust the daemon's file descriptors (reconciling needs them) nor its memory.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send a request body.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest life of one connection (keep-alive included); a scraper simply reconnects.
+pub const CONNECTION_MAX_AGE: Duration = Duration::from_secs(60);
 /// How long open connections may take to finish after shutdown is requested.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long a client may take to send the request headers.
@@ -48,6 +55,8 @@ pub enum Error {
 pub enum WebhookOutcome {
     /// Signature valid; a fetch was triggered (202).
     Accepted,
+    /// A ping (sent when the webhook is created): 200, nothing triggered.
+    Ping,
     /// Missing or wrong signature/token (401); nothing was triggered.
     Unauthorized,
     /// The payload is not a push event this daemon understands (400).
@@ -61,135 +70,14 @@ pub trait WebhookHandler: Send + Sync {
 }
 
 /// Result of the last reconcile, as shown by `/status`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct ReconcileStatus {
-    /// `success`, `failure`, or `stopped` (shutdown during the apply; the revision was not applied).
-    pub result: String,
-    /// What started it: `startup`, `watch`, `poll`, `webhook`, `reload`, `drift`, `retry` (backoff), `activated`.
-    pub trigger: Option<String>,
-    /// Revision the reconcile worked on.
-    pub revision: Option<String>,
-    /// Unix seconds.
-    pub started_at: Option<f64>,
-    /// Unix seconds.
-    pub finished_at: Option<f64>,
-    pub duration_seconds: Option<f64>,
-    /// One line about what happened (never a secret).
-    pub message: Option<String>,
-}
-
-/// Last known state of one chart.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct ChartStatus {
-    /// `applied`, `failed`, `pending`, `skipped`.
-    pub result: String,
-    /// Every object of the chart is healthy.
-    pub ready: bool,
-    /// Objects rendered for the chart.
-    pub objects: u64,
-    /// Objects currently drifted.
-    pub drifted: u64,
-    pub message: Option<String>,
-}
-
-/// One drifted field of a managed object.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct DriftRecord {
-    pub chart: String,
-    /// `Kind/namespace/name` (or `Kind/name`).
-    pub object: String,
-    /// JSON pointer of the drifted field.
-    pub pointer: String,
-    /// Field manager that changed it, when known.
-    pub manager: Option<String>,
-    /// Where the desired value comes from (template, values key, overlay patch op).
-    pub provenance: Option<String>,
-    /// `corrected` or `reported`.
-    pub action: String,
-    /// Unix seconds.
-    pub detected_at: Option<f64>,
-}
-
-/// An error of the last reconcile, with its place in the input when it is an input error.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct StatusError {
-    /// Why (the `reason` label of `pailot_reconcile_failures_total`: `api_unreachable`, `invalid_input`, ...).
-    pub reason: Option<String>,
-    /// Reconcile stage (`fetch`, `render`, `apply`, ...).
-    pub stage: String,
-    pub message: String,
-    pub file: Option<String>,
-    pub line: Option<usize>,
-    pub column: Option<usize>,
-    pub place: Option<String>,
-    pub pointer: Option<String>,
-    pub object: Option<String>,
-}
-
-impl StatusError {
-    /// An error of `stage` from an input error, keeping its file and position.
-    pub fn from_input(stage: &str, e: &crate::diag::InputError) -> Self {
-        StatusError {
-            reason: None,
-            stage: stage.to_string(),
-            message: e.message.clone(),
-            file: Some(e.file.display().to_string()),
-            line: e.line,
-            column: e.column,
-            place: e.place.clone(),
-            pointer: e.pointer.clone(),
-            object: e.object.clone(),
-        }
-    }
-}
-
-/// What `/status` shows; the reconciler replaces or updates it through [`ServerState`].
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct StatusSnapshot {
-    /// Revision currently applied.
-    pub revision: Option<String>,
-    /// State of the reconcile loop (`idle`, `fetching`, `rendering`, `applying`, `waiting`, `backoff`).
-    pub phase: Option<String>,
-    /// Whether this daemon holds the leader lease (None without leader election).
-    pub leader: Option<bool>,
-    /// Drift mode: `correct` or `warn`.
-    pub drift_mode: Option<String>,
-    pub last_reconcile: Option<ReconcileStatus>,
-    /// Per chart, by name.
-    pub charts: BTreeMap<String, ChartStatus>,
-    pub drift: Vec<DriftRecord>,
-    /// Unix seconds of the next scheduled wake-up (poll or drift sweep).
-    pub next_wakeup: Option<f64>,
-    pub errors: Vec<StatusError>,
-    /// How new commits are noticed.
-    pub source: Option<SourceStatus>,
-}
-
-/// How the daemon notices new commits, and what triggered reconciles so far.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct SourceStatus {
-    /// `refs`: an inotify watch on the local repository's refs (plus polling); `off`: polling only
-    /// (`source.watch: off`); `remote`: polling only (a remote cannot be watched); `failed`: the watch
-    /// could not start, polling only.
-    pub watch: String,
-    /// Poll interval in seconds (before jitter).
-    pub poll_interval_seconds: f64,
-    /// Triggers received since start, by kind (`watch`, `poll`, `webhook`, `drift`, `reload`).
-    pub triggers: BTreeMap<String, u64>,
-}
-
-/// Everything the server reads: metrics, the status snapshot, readiness, the webhook handler.
+/// What the HTTP server reads: the metrics, the daemon's status (the one model, through a watch), and
+/// the webhook handler.
 pub struct ServerState {
     pub metrics: Arc<Metrics>,
-    status: RwLock<StatusSnapshot>,
-    ready: AtomicBool,
+    status: watch::Receiver<Status>,
     webhook: Option<Arc<dyn WebhookHandler>>,
+    /// Connections being served; a new one beyond [`MAX_CONNECTIONS`] is closed at once.
+    connections: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -202,48 +90,28 @@ impl std::fmt::Debug for ServerState {
 }
 
 impl ServerState {
-    /// State without a webhook handler (`POST /hooks/git` answers 404).
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, status: watch::Receiver<Status>) -> Self {
         ServerState {
             metrics,
-            status: RwLock::new(StatusSnapshot::default()),
-            ready: AtomicBool::new(false),
+            status,
             webhook: None,
+            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
         }
     }
 
-    /// Attach the webhook handler.
     pub fn with_webhook(mut self, handler: Arc<dyn WebhookHandler>) -> Self {
         self.webhook = Some(handler);
         self
     }
 
-    /// Replace the status snapshot.
-    pub fn set_status(&self, snapshot: StatusSnapshot) {
-        *self.status.write().unwrap_or_else(|e| e.into_inner()) = snapshot;
+    /// The latest status.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
     }
 
-    /// Change the status snapshot in place.
-    pub fn update_status(&self, f: impl FnOnce(&mut StatusSnapshot)) {
-        f(&mut self.status.write().unwrap_or_else(|e| e.into_inner()));
-    }
-
-    /// A copy of the status snapshot.
-    pub fn status(&self) -> StatusSnapshot {
-        self.status
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Force readiness (e.g. a standby replica that serves metrics); a successful reconcile also makes the server ready.
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
-    }
-
-    /// Ready after the first successful reconcile (or when forced with [`ServerState::set_ready`]).
+    /// True after the first successful reconcile.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) || self.metrics.last_success().is_some()
+        self.status.borrow().ready
     }
 }
 
@@ -268,6 +136,12 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+                    // Full: close at once (the descriptor is freed now, not when the client gives up).
+                    drop(stream);
+                    tracing::debug!(max = MAX_CONNECTIONS, "HTTP connection refused: too many open");
+                    continue;
+                };
                 let st = state.clone();
                 let mut builder = http1::Builder::new();
                 builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
@@ -280,8 +154,11 @@ pub async fn serve(
                 );
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "HTTP connection ended with an error");
+                    let _permit = permit;
+                    match tokio::time::timeout(CONNECTION_MAX_AGE, conn).await {
+                        Ok(Err(e)) => tracing::debug!(error = %e, "HTTP connection ended with an error"),
+                        Err(_) => tracing::debug!("HTTP connection closed: older than its maximum age"),
+                        Ok(Ok(())) => {}
                     }
                 });
             }
@@ -403,13 +280,19 @@ async fn webhook(state: &ServerState, req: Request<Incoming>) -> Response<Full<B
         return too_large();
     }
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Err(_) => return text(StatusCode::BAD_REQUEST, "cannot read body\n"),
+    let read = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        Limited::new(body, MAX_BODY_BYTES).collect(),
+    );
+    let body = match read.await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Ok(Err(_)) => return text(StatusCode::BAD_REQUEST, "cannot read body\n"),
+        Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "body not sent in time\n"),
     };
     match handler.handle(&parts.headers, &body) {
         WebhookOutcome::Accepted => text(StatusCode::ACCEPTED, "accepted\n"),
+        WebhookOutcome::Ping => text(StatusCode::OK, "pong (no fetch: a ping is not a push)\n"),
         WebhookOutcome::Unauthorized => text(StatusCode::UNAUTHORIZED, "unauthorized\n"),
         WebhookOutcome::BadRequest => text(StatusCode::BAD_REQUEST, "bad request\n"),
     }
@@ -437,26 +320,11 @@ mod tests {
     }
 
     #[test]
-    fn status_error_keeps_input_position() {
-        let e = crate::diag::InputError::new("charts/x/values.yaml", "bad")
-            .at(3, 7)
-            .pointer("/a");
-        let s = StatusError::from_input("render", &e);
-        assert_eq!(
-            (s.line, s.column, s.pointer.as_deref()),
-            (Some(3), Some(7), Some("/a"))
-        );
-        assert_eq!(s.file.as_deref(), Some("charts/x/values.yaml"));
-    }
-
-    #[test]
-    fn readiness_follows_first_success() {
-        let st = ServerState::new(Arc::new(Metrics::new()));
+    fn readiness_follows_the_status() {
+        let (tx, rx) = crate::daemon::status::StatusTx::new();
+        let st = ServerState::new(Arc::new(Metrics::new()), rx);
         assert!(!st.is_ready());
-        st.metrics.record_reconcile(
-            crate::metrics::ReconcileResult::Success,
-            Duration::from_millis(1),
-        );
+        tx.update(|s| s.ready = true);
         assert!(st.is_ready());
     }
 }

@@ -1,75 +1,184 @@
-//! Applies a RenderedSet to the cluster: plan, staged server-side apply of what changed, health, prune, inventory.
+//! Applies a Plan to the cluster: the ApplySet parent, staged server-side apply of what changed, health, prune.
 //!
-//! Flow: `Plan::new` (cycles fail here, before any call) → read the ApplySet parent and write it with the union of
-//! old and new group kinds → cluster definitions (CRDs, Namespaces, cluster RBAC) → wait for CRDs Established and
-//! re-run discovery → `*Class` kinds → charts along the `dependsOn` graph (at most `Config::concurrency` at once; with
-//! `wait`, a chart starts once its dependencies are healthy) → prune → parent rewritten with what is left.
-//! Each object: GET live; absent: apply; present: SSA dry-run, compare normalized, apply only when different.
+//! Flow (one function per step, `apply` chains them): open the inventory (check the parent is ours,
+//! write it with the union of old and new group kinds, list the members) → cluster definitions
+//! (CRDs, Namespaces, cluster RBAC), then CRDs Established and discovery refreshed → `*Class` kinds →
+//! charts along the `dependsOn` graph (at most `Config::concurrency` at once; with `wait`, a chart
+//! starts once its dependencies are healthy) → prune → close the inventory (the parent rewritten with
+//! what is left). Each object: GET live (or the listed copy); absent: apply; present: SSA dry-run,
+//! compare normalized, apply only when different.
 //!
-//! Stopping: `Config::stop` is checked before each object, chart, stage and deletion. Once it is set, objects
-//! already in flight finish, nothing new starts, health waits are abandoned, prune is skipped, and `apply`
-//! returns a report with `stopped: true` (not an error).
+//! Failures are typed where they happen ([`FailureKind`]); the report carries them as [`Failure`]s
+//! with readable text (API error bodies summarised, Secret values redacted). What a failure means
+//! for a reconcile (retry or wait for a new commit) is decided in `crate::failure`, not here.
+//!
+//! Stopping: `Config::stop` is checked before each object, chart, stage and deletion. Once it is set,
+//! objects already in flight finish, nothing new starts, health waits are abandoned, prune is skipped,
+//! and `apply` returns a report with `stopped: true` (not an error).
 
+pub mod charts;
 pub mod diff;
 pub mod health;
-pub mod order;
+pub mod object;
 pub mod plan;
 pub mod progress;
 pub mod prune;
 pub mod ssa;
+pub mod uninstall;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::FIELD_MANAGER;
 use crate::inventory::{self, GroupKind, Inventory};
-use crate::manifest::{ObjectId, RenderedSet};
-use diff::FieldChange;
-use health::Health;
-use order::Stage;
+use crate::manifest::ObjectId;
+use crate::order::{self, Stage};
 use plan::{Plan, PlannedObject};
 use progress::{ChartState, Progress};
 pub use ssa::Server;
+pub use uninstall::{UninstallReport, uninstall};
 
-/// What stops an apply before or between charts.
+/// What stops an apply before or between steps (as opposed to a [`Failure`] of one object or chart).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The plan is invalid (a dependency cycle); nothing was applied.
-    #[error("plan: {0}")]
-    Plan(#[from] plan::Error),
     /// The ApplySet parent belongs to someone else.
     #[error("inventory: {0}")]
     Inventory(#[from] inventory::Error),
-    /// A call failed in a stage, for an object rendered from `template`.
-    #[error("stage {stage}: {source}{}", template.as_ref().map(|t| format!(" (rendered from {t})")).unwrap_or_default())]
+    /// A call failed in a step that cannot go on without it (the inventory, discovery).
+    #[error("{step}: {source}")]
     Server {
-        stage: &'static str,
-        template: Option<String>,
+        step: Step,
         #[source]
         source: ssa::Error,
     },
-    /// The prune was refused.
-    #[error("prune: {0}")]
-    Prune(#[from] prune::Error),
 }
 
-fn server_err(stage: &'static str) -> impl Fn(ssa::Error) -> Error {
-    move |source| Error::Server {
-        stage,
-        template: None,
-        source,
+impl Error {
+    /// The kind of failure, for the reason word of a reconcile.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Error::Inventory(_) => FailureKind::Rejected,
+            Error::Server { source, .. } => source.kind(),
+        }
+    }
+
+    /// The step it happened in.
+    pub fn step(&self) -> Step {
+        match self {
+            Error::Inventory(_) => Step::Inventory,
+            Error::Server { step, .. } => *step,
+        }
     }
 }
 
-/// A cooperative stop request for an apply (SIGTERM in the daemon, Ctrl-C in `pailot apply`).
+fn server_err(step: Step) -> impl Fn(ssa::Error) -> Error {
+    move |source| Error::Server { step, source }
+}
+
+/// A step of an apply (where a failure happened).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    /// Reading or writing the ApplySet parent, listing its members.
+    Inventory,
+    /// CRDs, Namespaces, cluster RBAC (and waiting for CRDs to be Established).
+    ClusterDefinitions,
+    /// `*Class` kinds.
+    Classes,
+    /// Chart objects.
+    Workloads,
+    /// Waiting for a chart to become healthy.
+    Health,
+    /// Deleting members that left the render.
+    Prune,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Inventory => "inventory",
+            Step::ClusterDefinitions => "cluster-definitions",
+            Step::Classes => "classes",
+            Step::Workloads => "workloads",
+            Step::Health => "health",
+            Step::Prune => "prune",
+        }
+    }
+}
+
+impl From<Stage> for Step {
+    fn from(s: Stage) -> Self {
+        match s {
+            Stage::ClusterDefinitions => Step::ClusterDefinitions,
+            Stage::Classes => Step::Classes,
+            Stage::Workloads => Step::Workloads,
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What kind of failure happened, decided where it happened (from the API's status code, not its text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// The API server or the network failed (connection, timeout, 429, 5xx): the object is not at fault.
+    Unreachable,
+    /// The API server refused the object (4xx, or a 500 "failed to create typed patch": a schema mismatch).
+    Rejected,
+    /// Another field manager owns fields pailot sets (without `--force-conflicts`).
+    Conflict,
+    /// The kind is not served (its CRD is missing).
+    UnknownKind,
+    /// A chart's objects reported a failure (a failed condition, a crash-looping pod).
+    Unhealthy,
+    /// A chart's objects were not healthy before the timeout.
+    HealthTimeout,
+    /// A deletion was not confirmed in time (a finalizer holds it).
+    DeleteTimeout,
+    /// The prune was refused as a whole (mass-prune threshold).
+    PruneRefused,
+    /// Anything else (a response the client could not read, a request it could not build).
+    Internal,
+}
+
+impl FailureKind {
+    /// True when the API server or the network is at fault: the remaining objects would fail the same way.
+    pub fn is_transient(self) -> bool {
+        self == FailureKind::Unreachable
+    }
+}
+
+/// One failure in an apply, with readable text naming the object or chart.
+#[derive(Clone, Debug, Serialize)]
+pub struct Failure {
+    pub step: Step,
+    pub kind: FailureKind,
+    /// `Kind/namespace/name`, when one object failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    /// The chart concerned, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chart: Option<String>,
+    /// What happened (no secret values).
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.step, self.message)
+    }
+}
+
+/// A cooperative stop request for an apply (SIGTERM in the daemon, a newer commit, Ctrl-C in `pailot apply`).
 ///
 /// The default never stops. The apply checks it between objects and stages; objects in flight finish.
 #[derive(Clone, Debug, Default)]
@@ -116,7 +225,7 @@ impl Stop {
 
 /// Why no further object starts: a stop request, or a transient failure (the API server or the network
 /// failed: the remaining objects would fail the same way, so the apply ends and the caller retries it whole).
-struct Halt<'a> {
+pub(crate) struct Halt<'a> {
     stop: &'a Stop,
     transient: AtomicBool,
 }
@@ -129,12 +238,16 @@ impl<'a> Halt<'a> {
         }
     }
 
-    fn halted(&self) -> bool {
+    pub(crate) fn halted(&self) -> bool {
         self.stop.requested() || self.transient.load(Ordering::Relaxed)
     }
 
+    pub(crate) fn transient_failure(&self) {
+        self.transient.store(true, Ordering::Relaxed);
+    }
+
     /// Why, for a chart that did not start or finish.
-    fn why(&self) -> (ChartState, &'static str) {
+    pub(crate) fn why(&self) -> (ChartState, &'static str) {
         if self.stop.requested() {
             (ChartState::Stopped, "stop requested")
         } else {
@@ -185,7 +298,7 @@ impl Default for Config {
 }
 
 /// What happened to one object (Flux's ChangeSet vocabulary).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Action {
     Created,
@@ -197,6 +310,16 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action, in report order.
+    pub const ALL: [Action; 6] = [
+        Action::Created,
+        Action::Configured,
+        Action::Unchanged,
+        Action::Deleted,
+        Action::Skipped,
+        Action::Failed,
+    ];
+
     pub fn word(self) -> &'static str {
         match self {
             Action::Created => "created",
@@ -217,16 +340,37 @@ pub struct ObjectReport {
     #[serde(skip)]
     pub id: ObjectId,
     pub chart: String,
-    pub stage: &'static str,
+    pub step: Step,
     pub action: Action,
+    /// Why it was skipped, created without a dry run, or failed (no secret values).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The kind of failure, for `action: failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureKind>,
     /// Field differences (diff only; Secret values masked).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub changes: Vec<FieldChange>,
-    /// A failure of the API server or the network (retry later), not of the object.
-    #[serde(skip)]
-    pub transient: bool,
+    pub changes: Vec<diff::FieldChange>,
+}
+
+impl ObjectReport {
+    fn new(o: &PlannedObject, step: Step, action: Action) -> Self {
+        ObjectReport {
+            object: o.id.to_string(),
+            id: o.id.clone(),
+            chart: o.chart.clone(),
+            step,
+            action,
+            reason: None,
+            failure: None,
+            changes: Vec::new(),
+        }
+    }
+
+    /// A failure of an API server or the network, not of the object.
+    pub fn transient(&self) -> bool {
+        self.failure.is_some_and(FailureKind::is_transient)
+    }
 }
 
 /// One chart in the report, with the times it started and became healthy (ms since the Unix epoch).
@@ -256,8 +400,8 @@ pub struct ApplyReport {
     /// Why prune was off, when it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prune_disabled: Option<String>,
-    /// Every failure, each naming the object or chart.
-    pub errors: Vec<String>,
+    /// Every failure, each naming the object or chart, typed.
+    pub failures: Vec<Failure>,
     pub counts: BTreeMap<Action, usize>,
     /// A stop request ended the apply early: objects not yet started were not applied, prune was skipped.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -279,14 +423,12 @@ fn is_zero(n: &usize) -> bool {
 impl ApplyReport {
     /// True when nothing failed.
     pub fn ok(&self) -> bool {
-        self.errors.is_empty()
+        self.failures.is_empty()
     }
 
     /// True when an object failed because of the API server or the network (worth retrying as is).
     pub fn transient_failure(&self) -> bool {
-        self.objects
-            .iter()
-            .any(|o| o.action == Action::Failed && o.transient)
+        self.failures.iter().any(|f| f.kind.is_transient())
     }
 
     /// True when something was (or would be) created, configured or deleted.
@@ -299,70 +441,86 @@ impl ApplyReport {
         })
     }
 
+    /// Charts whose state is a failure (failed, or blocked by a failed dependency).
+    pub fn failed_charts(&self) -> Vec<String> {
+        let mut out: BTreeSet<String> = self
+            .charts
+            .iter()
+            .filter(|c| matches!(c.state, ChartState::Failed | ChartState::Blocked))
+            .map(|c| c.name.clone())
+            .collect();
+        out.extend(self.failures.iter().filter_map(|f| f.chart.clone()));
+        out.into_iter().collect()
+    }
+
     fn push(&mut self, o: ObjectReport) {
         *self.counts.entry(o.action).or_default() += 1;
+        if o.action == Action::Failed {
+            self.failures.push(Failure {
+                step: o.step,
+                kind: o.failure.unwrap_or(FailureKind::Internal),
+                object: Some(o.object.clone()),
+                chart: Some(o.chart.clone()).filter(|c| !c.is_empty()),
+                message: o.reason.clone().unwrap_or_default(),
+            });
+        }
         self.objects.push(o);
     }
-}
 
-fn now_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
-}
-
-/// Desired group kinds and namespaces of the applied objects.
-fn desired_scope(plan: &Plan) -> (BTreeSet<GroupKind>, BTreeSet<String>) {
-    let mut gks = BTreeSet::new();
-    let mut nss = BTreeSet::new();
-    for o in plan.applied_objects() {
-        gks.insert(GroupKind {
-            group: o.id.group.clone(),
-            kind: o.id.kind.clone(),
-        });
-        if let Some(ns) = &o.id.namespace {
-            nss.insert(ns.clone());
+    /// Record a chart-level failure (health) unless an object failure already said it.
+    fn push_chart_failure(&mut self, chart: &str, kind: FailureKind, message: String) {
+        if self
+            .failures
+            .iter()
+            .any(|f| f.chart.as_deref() == Some(chart) && f.step != Step::Health)
+        {
+            return;
         }
-    }
-    (gks, nss)
-}
-
-fn parent_id(inv: &Inventory) -> ObjectId {
-    ObjectId {
-        group: String::new(),
-        version: "v1".into(),
-        kind: "Secret".into(),
-        namespace: Some(inv.namespace.clone()),
-        name: inv.name.clone(),
+        self.failures.push(Failure {
+            step: Step::Health,
+            kind,
+            object: None,
+            chart: Some(chart.to_string()),
+            message,
+        });
     }
 }
 
-/// Apply (or, with `config.dry_run`, diff) `set` to the cluster behind `server`.
+/// The ApplySet as `apply` found and left it before touching members.
+struct Scope {
+    /// Group kinds and namespaces the parent recorded before this apply.
+    old_gks: BTreeSet<GroupKind>,
+    /// What the plan applies.
+    new_gks: BTreeSet<GroupKind>,
+    new_nss: BTreeSet<String>,
+    /// Old ∪ new: what the parent records while members are written.
+    union_gks: BTreeSet<GroupKind>,
+    union_nss: BTreeSet<String>,
+    /// The live members (one LIST per kind and namespace): the prune's candidates, and the live
+    /// copies that save a GET per object on a no-op re-apply.
+    members: Vec<prune::Member>,
+}
+
+impl Scope {
+    fn live(&self) -> BTreeMap<ObjectId, Value> {
+        self.members
+            .iter()
+            .map(|m| (m.id.clone(), m.object.clone()))
+            .collect()
+    }
+}
+
+/// Apply (or, with `config.dry_run`, diff) `plan` to the cluster behind `server`, as members of `inv`.
 pub async fn apply(
     server: &Server,
-    set: &RenderedSet,
+    plan: &Plan,
     inv: &Inventory,
     config: &Config,
     progress: &Progress,
 ) -> Result<ApplyReport, Error> {
-    let mut plan = Plan::new(set)?;
-    let id = inv.id();
-    for o in plan
-        .cluster_definitions
-        .iter_mut()
-        .chain(plan.classes.iter_mut())
-    {
-        prepare(&mut o.object, &id, &o.chart);
-    }
-    for c in plan.charts.iter_mut() {
-        for o in c.objects.iter_mut() {
-            prepare(&mut o.object, &id, &o.chart);
-        }
-    }
     let mut report = ApplyReport {
-        inventory: format!("Secret/{}/{}", inv.namespace, inv.name),
-        applyset_id: id.clone(),
+        inventory: inv.parent_name(),
+        applyset_id: inv.id(),
         dry_run: config.dry_run,
         ..Default::default()
     };
@@ -374,14 +532,57 @@ pub async fn apply(
         report.stopped = true;
         report.not_applied = plan.applied_objects().count();
         for c in &plan.charts {
-            stop_chart(c, progress, &mut report, "not started: stop requested");
+            charts::stop_chart(c, progress, &mut report, "not started: stop requested");
         }
         return Ok(report);
     }
+    let scope = open_inventory(server, plan, inv, config).await?;
+    for o in &plan.skipped {
+        let mut r = ObjectReport::new(o, Stage::of(&o.id).into(), Action::Skipped);
+        r.reason = Some("static pod: written by bootstrap, never applied through the API".into());
+        report.push(r);
+    }
+    let live = scope.live();
+    let halt = Halt::new(&config.stop);
+    apply_cluster_wide(server, plan, config, &live, &halt, &mut report).await?;
+    if !report.ok() {
+        for c in &plan.charts {
+            let why = "not applied: an earlier stage failed";
+            progress.set(&c.name, ChartState::Blocked, why);
+            report.charts.push(charts::chart_report(
+                c,
+                ChartState::Blocked,
+                Default::default(),
+                Some(why.into()),
+            ));
+        }
+        report.members = member_ids(&report, &scope.members, &BTreeSet::new());
+        return Ok(report);
+    }
+    charts::run(server, plan, config, &live, progress, &mut report, &halt).await;
+    let pruned = prune_members(server, plan, inv, &scope, config, &mut report).await?;
+    let gone = pruned.clone().unwrap_or_default();
+    report.members = member_ids(&report, &scope.members, &gone);
+    if config.stop.requested() {
+        // The parent keeps the union written by `open_inventory`: it covers every member, old and new.
+        report.stopped = true;
+        return Ok(report);
+    }
+    close_inventory(server, inv, &scope, pruned.as_ref(), config).await?;
+    Ok(report)
+}
 
-    // Inventory parent: check ownership, then record the union before touching members (KEP-3659).
-    let pid = parent_id(inv);
-    let live_parent = server.get(&pid).await.map_err(server_err("inventory"))?;
+/// Check that the parent is ours, record the union of old and new kinds before touching members
+/// (KEP-3659), and list the members as they are now.
+async fn open_inventory(
+    server: &Server,
+    plan: &Plan,
+    inv: &Inventory,
+    config: &Config,
+) -> Result<Scope, Error> {
+    let err = server_err(Step::Inventory);
+    let pid = inv.parent_id();
+    let live_parent = server.get(&pid).await.map_err(&err)?;
     let (old_gks, old_nss) = match &live_parent {
         Some(p) => {
             inv.check_parent(p)?;
@@ -389,7 +590,7 @@ pub async fn apply(
         }
         None => (BTreeSet::new(), BTreeSet::from([inv.namespace.clone()])),
     };
-    let (new_gks, new_nss) = desired_scope(&plan);
+    let (new_gks, new_nss) = plan.scope();
     let union_gks: BTreeSet<GroupKind> = old_gks.union(&new_gks).cloned().collect();
     let union_nss: BTreeSet<String> = old_nss.union(&new_nss).cloned().collect();
     if !config.dry_run {
@@ -401,62 +602,66 @@ pub async fn apply(
                 true,
             )
             .await
-            .map_err(server_err("inventory"))?;
+            .map_err(&err)?;
     }
-    // The members as they are now: one LIST per kind and namespace saves a GET per object (the no-op re-apply of
-    // a large render is mostly this), and is the prune's candidate list.
     let members = if live_parent.is_some() {
         list_members(server, inv, &old_gks, &union_nss)
             .await
-            .map_err(server_err("inventory"))?
+            .map_err(&err)?
     } else {
         Vec::new()
     };
-    let live: BTreeMap<ObjectId, Value> = members
-        .iter()
-        .map(|m| (m.id.clone(), m.object.clone()))
-        .collect();
+    Ok(Scope {
+        old_gks,
+        new_gks,
+        new_nss,
+        union_gks,
+        union_nss,
+        members,
+    })
+}
 
-    for o in &plan.skipped {
-        report.push(ObjectReport {
-            object: o.id.to_string(),
-            id: o.id.clone(),
-            chart: o.chart.clone(),
-            stage: Stage::of(&o.id).name(),
-            action: Action::Skipped,
-            reason: Some("static pod: written by bootstrap, never applied through the API".into()),
-            changes: Vec::new(),
-            transient: false,
-        });
-    }
-
-    // Stage 1: cluster definitions; then CRDs Established and fresh discovery.
-    let halt = Halt::new(&config.stop);
-    let defs = apply_group(
+/// Stages 1 and 2: cluster definitions (then CRDs Established and discovery refreshed), then classes.
+/// Object failures land in `report`; a failed CRD wait is a failure of the definitions step.
+async fn apply_cluster_wide(
+    server: &Server,
+    plan: &Plan,
+    config: &Config,
+    live: &BTreeMap<ObjectId, Value>,
+    halt: &Halt<'_>,
+    report: &mut ApplyReport,
+) -> Result<(), Error> {
+    let defs = object::apply_group(
         server,
         &plan.cluster_definitions,
         config,
-        &live,
+        live,
         Stage::ClusterDefinitions,
-        &halt,
+        halt,
     )
     .await;
-    let mut fatal = collect(&mut report, defs);
+    collect(report, defs);
     let crds: Vec<&PlannedObject> = plan
         .cluster_definitions
         .iter()
         .filter(|o| order::is_crd(&o.id))
         .collect();
-    if fatal.is_none() && !crds.is_empty() && !config.stop.requested() {
+    if report.ok() && !crds.is_empty() && !config.stop.requested() {
         if !config.dry_run {
             for crd in &crds {
                 let one = [*crd];
                 let waited = tokio::select! {
-                    r = wait_healthy(server, &one, Duration::from_secs(60)) => r,
+                    r = charts::wait_healthy(server, &one, Duration::from_secs(60)) => r,
                     _ = config.stop.wait() => break,
                 };
                 if let Err(e) = waited {
-                    fatal = Some(format!("stage {}: {e}", Stage::ClusterDefinitions.name()));
+                    report.failures.push(Failure {
+                        step: Step::ClusterDefinitions,
+                        kind: e.kind(),
+                        object: Some(crd.id.to_string()),
+                        chart: Some(crd.chart.clone()),
+                        message: e.to_string(),
+                    });
                     break;
                 }
             }
@@ -465,129 +670,146 @@ pub async fn apply(
             server
                 .refresh()
                 .await
-                .map_err(server_err("cluster-definitions"))?;
+                .map_err(server_err(Step::ClusterDefinitions))?;
         }
     }
-    // Stage 2: classes.
-    if fatal.is_none() {
+    if report.ok() {
         let classes =
-            apply_group(server, &plan.classes, config, &live, Stage::Classes, &halt).await;
-        fatal = collect(&mut report, classes);
+            object::apply_group(server, &plan.classes, config, live, Stage::Classes, halt).await;
+        collect(report, classes);
     }
-    if let Some(e) = fatal {
-        report.errors.push(e);
-        for c in &plan.charts {
-            progress.set(&c.name, ChartState::Blocked, "an earlier stage failed");
-            report.charts.push(chart_report(
-                c,
-                ChartState::Blocked,
-                None,
-                None,
-                None,
-                Some("an earlier stage failed".into()),
-            ));
+    Ok(())
+}
+
+/// Delete the members that left the render (skipped after a stop, a failure, or with `prune` off).
+/// Returns the confirmed deletions, or `None` when no prune ran.
+async fn prune_members(
+    server: &Server,
+    plan: &Plan,
+    inv: &Inventory,
+    scope: &Scope,
+    config: &Config,
+    report: &mut ApplyReport,
+) -> Result<Option<BTreeSet<ObjectId>>, Error> {
+    if !config.prune || !report.ok() || config.stop.requested() {
+        return Ok(None);
+    }
+    let desired: BTreeSet<ObjectId> = plan.all_objects().map(|o| o.id.clone()).collect();
+    let pp = match prune::plan(&inv.id(), &desired, &scope.members, &config.prune_limits) {
+        Ok(pp) => pp,
+        Err(refused) => {
+            // Nothing is deleted; the members stay members (and stay recorded in the parent).
+            report.failures.push(Failure {
+                step: Step::Prune,
+                kind: FailureKind::PruneRefused,
+                object: None,
+                chart: None,
+                message: refused.to_string(),
+            });
+            return Ok(None);
         }
-        report.members = member_ids(&report, &members, &BTreeSet::new());
-        return Ok(report);
+    };
+    report.prune_disabled = pp.disabled.clone();
+    let chart_of = |id: &ObjectId| prune::chart_of(&scope.members, id);
+    for (oid, why) in &pp.keep {
+        report.push(ObjectReport {
+            object: oid.to_string(),
+            id: oid.clone(),
+            chart: chart_of(oid),
+            step: Step::Prune,
+            action: Action::Skipped,
+            reason: Some(why.clone()),
+            failure: None,
+            changes: Vec::new(),
+        });
     }
-
-    // Stage 3: charts along the dependency graph (none starts once a stop is requested).
-    run_charts(server, &plan, config, &live, progress, &mut report, &halt).await;
-
-    // Prune (skipped after a stop: the next apply does it).
-    let mut remaining_gks = union_gks.clone();
-    let mut remaining_nss = union_nss.clone();
     let mut gone = BTreeSet::new();
-    if config.prune && report.ok() && !config.stop.requested() {
-        let desired: BTreeSet<ObjectId> = plan.all_objects().map(|o| o.id.clone()).collect();
-        let pp = prune::plan(&id, &desired, &members, &config.prune_limits)?;
-        report.prune_disabled = pp.disabled.clone();
-        for (oid, why) in &pp.keep {
-            report.push(ObjectReport {
-                object: oid.to_string(),
-                id: oid.clone(),
-                chart: chart_of(&members, oid),
-                stage: "prune",
-                action: Action::Skipped,
-                reason: Some(why.clone()),
-                changes: Vec::new(),
-                transient: false,
-            });
+    for oid in &pp.delete {
+        if config.stop.requested() {
+            break;
         }
-        for oid in &pp.delete {
-            if config.stop.requested() {
-                break;
-            }
-            report.prunes.push(oid.to_string());
-            let result = if config.dry_run {
-                Ok(())
-            } else {
-                match server.delete(oid).await {
-                    Ok(()) => {
-                        let wait =
-                            server.wait_deleted(oid, config.timeout.min(Duration::from_secs(120)));
-                        tokio::select! {
-                            r = wait => r,
-                            // Deletion requested but not confirmed: it stays a member until the next prune.
-                            _ = config.stop.wait() => break,
-                        }
-                    }
-                    Err(e) => Err(e),
-                }
-            };
-            let (action, reason, transient) = match result {
+        report.prunes.push(oid.to_string());
+        let result = if config.dry_run {
+            Ok(())
+        } else {
+            match server.delete(oid).await {
                 Ok(()) => {
-                    gone.insert(oid.clone());
-                    (Action::Deleted, None, false)
+                    let wait =
+                        server.wait_deleted(oid, config.timeout.min(Duration::from_secs(120)));
+                    tokio::select! {
+                        r = wait => r,
+                        // Deletion requested but not confirmed: it stays a member until the next prune.
+                        _ = config.stop.wait() => break,
+                    }
                 }
-                Err(e) => {
-                    report.errors.push(format!("stage prune: {e}"));
-                    (Action::Failed, Some(e.to_string()), e.is_transient())
-                }
-            };
-            report.push(ObjectReport {
-                object: oid.to_string(),
-                id: oid.clone(),
-                chart: chart_of(&members, oid),
-                stage: "prune",
-                action,
-                reason,
-                changes: Vec::new(),
-                transient,
-            });
-        }
-        // Forget only confirmed deletions: keep the kinds/namespaces of everything still there.
-        remaining_gks = new_gks.clone();
-        remaining_nss = new_nss.clone();
-        remaining_nss.insert(inv.namespace.clone());
-        for m in members.iter().filter(|m| !gone.contains(&m.id)) {
-            remaining_gks.insert(GroupKind {
-                group: m.id.group.clone(),
-                kind: m.id.kind.clone(),
-            });
-            if let Some(ns) = &m.id.namespace {
-                remaining_nss.insert(ns.clone());
+                Err(e) => Err(e),
+            }
+        };
+        let mut r = ObjectReport {
+            object: oid.to_string(),
+            id: oid.clone(),
+            chart: chart_of(oid),
+            step: Step::Prune,
+            action: Action::Deleted,
+            reason: None,
+            failure: None,
+            changes: Vec::new(),
+        };
+        match result {
+            Ok(()) => {
+                gone.insert(oid.clone());
+            }
+            Err(e) => {
+                r.action = Action::Failed;
+                r.failure = Some(e.kind());
+                r.reason = Some(e.to_string());
             }
         }
+        report.push(r);
     }
-    report.members = member_ids(&report, &members, &gone);
-    if config.stop.requested() {
-        // The parent keeps the union written above: it covers every member, old and new.
-        report.stopped = true;
-        return Ok(report);
+    Ok(Some(gone))
+}
+
+/// Rewrite the parent with the kinds and namespaces still holding members (after a prune, only
+/// confirmed deletions are forgotten; without one, the union stays).
+async fn close_inventory(
+    server: &Server,
+    inv: &Inventory,
+    scope: &Scope,
+    gone: Option<&BTreeSet<ObjectId>>,
+    config: &Config,
+) -> Result<(), Error> {
+    let Some(gone) = gone else {
+        return Ok(());
+    };
+    let mut gks = scope.new_gks.clone();
+    let mut nss = scope.new_nss.clone();
+    nss.insert(inv.namespace.clone());
+    for m in scope.members.iter().filter(|m| !gone.contains(&m.id)) {
+        gks.insert(GroupKind::of(&m.id));
+        if let Some(ns) = &m.id.namespace {
+            nss.insert(ns.clone());
+        }
     }
-    if !config.dry_run && (remaining_gks != union_gks || remaining_nss != union_nss) {
-        server
-            .apply(
-                &pid,
-                &inv.parent_object(&remaining_gks, &remaining_nss),
-                false,
-                true,
-            )
-            .await
-            .map_err(server_err("inventory"))?;
+    // Kinds recorded before but not listed (not served any more) are kept: their members are unknown.
+    for gk in &scope.old_gks {
+        if server.resolve_group_kind(gk).is_none() {
+            gks.insert(gk.clone());
+        }
     }
-    Ok(report)
+    if config.dry_run || (gks == scope.union_gks && nss == scope.union_nss) {
+        return Ok(());
+    }
+    server
+        .apply(
+            &inv.parent_id(),
+            &inv.parent_object(&gks, &nss),
+            false,
+            true,
+        )
+        .await
+        .map_err(server_err(Step::Inventory))?;
+    Ok(())
 }
 
 /// What the ApplySet holds after this apply (see [`ApplyReport::members`]); `None` for a dry run.
@@ -607,7 +829,7 @@ fn member_ids(
     for o in &report.objects {
         let written = match o.action {
             Action::Created | Action::Configured | Action::Unchanged => true,
-            Action::Failed => o.transient && o.stage != "prune",
+            Action::Failed => o.transient() && o.step != Step::Prune,
             Action::Deleted | Action::Skipped => false,
         };
         if written {
@@ -617,83 +839,12 @@ fn member_ids(
     Some(ids.into_iter().collect())
 }
 
-/// Report a chart that a stop request kept from starting (or from being awaited).
-fn stop_chart(c: &plan::ChartPlan, progress: &Progress, report: &mut ApplyReport, why: &str) {
-    progress.set(&c.name, ChartState::Stopped, why);
-    report.charts.push(chart_report(
-        c,
-        ChartState::Stopped,
-        None,
-        None,
-        None,
-        Some(why.to_string()),
-    ));
-}
-
-/// Label an object as a member of the ApplySet and stamp the hash of what is applied.
-fn prepare(object: &mut Value, applyset_id: &str, chart: &str) {
-    inventory::label_member(object, applyset_id, chart);
-    let hash = diff::desired_hash(object);
-    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        let ann = meta
-            .entry("annotations")
-            .or_insert_with(|| Value::Object(Default::default()));
-        if let Some(ann) = ann.as_object_mut() {
-            ann.insert(diff::DESIRED_HASH_ANNOTATION.into(), Value::String(hash));
-        }
-    }
-}
-
-/// The object pailot last applied is live unchanged: same desired hash, and every field it sets still has
-/// its value (drift on a field pailot sets fails the second test).
-fn unchanged_fast(desired: &Value, live: &Value) -> bool {
-    let key = diff::DESIRED_HASH_ANNOTATION;
-    desired["metadata"]["annotations"][key].is_string()
-        && desired["metadata"]["annotations"][key] == live["metadata"]["annotations"][key]
-        && diff::is_subset(desired, live)
-}
-
-fn chart_of(members: &[prune::Member], id: &ObjectId) -> String {
-    members
-        .iter()
-        .find(|m| &m.id == id)
-        .and_then(|m| m.metadata["labels"][inventory::CHART_LABEL].as_str())
-        .unwrap_or("")
-        .to_string()
-}
-
-fn chart_report(
-    c: &plan::ChartPlan,
-    state: ChartState,
-    started: Option<u128>,
-    finished: Option<u128>,
-    healthy: Option<u128>,
-    message: Option<String>,
-) -> ChartReport {
-    ChartReport {
-        name: c.name.clone(),
-        depends_on: c.depends_on.clone(),
-        state,
-        started_ms: started,
-        finished_ms: finished,
-        healthy_ms: healthy,
-        message,
-    }
-}
-
-/// Move object results into the report; the first error, if any.
-fn collect(report: &mut ApplyReport, results: GroupResult) -> Option<String> {
-    let mut first = None;
+/// Move a group's object results into the report.
+fn collect(report: &mut ApplyReport, results: object::GroupResult) {
     report.not_applied += results.not_started;
     for r in results.reports {
-        if r.action == Action::Failed {
-            let msg = r.reason.clone().unwrap_or_default();
-            report.errors.push(msg.clone());
-            first.get_or_insert(msg);
-        }
         report.push(r);
     }
-    first
 }
 
 /// Every live member of the ApplySet (objects labelled part-of our id) in the recorded kinds and namespaces.
@@ -718,496 +869,20 @@ pub async fn list_members(
     Ok(out)
 }
 
-/// What one group of objects came to: one report per object started, and how many a stop kept from starting.
-struct GroupResult {
-    reports: Vec<ObjectReport>,
-    not_started: usize,
-}
-
-/// Apply one group of objects: rank by rank, objects of a rank concurrently; one report per object.
-/// Once a stop is requested no further object starts (those in flight finish).
-async fn apply_group(
-    server: &Server,
-    objects: &[PlannedObject],
-    config: &Config,
-    live: &BTreeMap<ObjectId, Value>,
-    stage: Stage,
-    halt: &Halt<'_>,
-) -> GroupResult {
-    let mut out = Vec::new();
-    let mut not_started = 0;
-    let mut i = 0;
-    while i < objects.len() {
-        if halt.halted() {
-            not_started += objects.len() - i;
-            break;
-        }
-        let rank = order::kind_rank(&objects[i].id.kind);
-        let mut j = i;
-        while j < objects.len()
-            && (stage != Stage::Workloads || order::kind_rank(&objects[j].id.kind) == rank)
-        {
-            j += 1;
-        }
-        // In the definitions stage, CRDs and Namespaces go before cluster RBAC: keep them sequential by kind.
-        if stage == Stage::ClusterDefinitions {
-            j = i + 1;
-            while j < objects.len() && objects[j].id.kind == objects[i].id.kind {
-                j += 1;
-            }
-        }
-        // Futures built up front (not in a stream closure) keep the whole apply future `Send`.
-        let futures: Vec<_> = objects[i..j]
-            .iter()
-            .map(|o| apply_object(server, o, config, live.get(&o.id), stage, halt))
-            .collect();
-        let results: Vec<Option<ObjectReport>> = futures::stream::iter(futures)
-            .buffered(config.object_concurrency.max(1))
-            .collect()
-            .await;
-        for r in results {
-            match r {
-                Some(r) => out.push(r),
-                None => not_started += 1,
-            }
-        }
-        i = j;
-    }
-    GroupResult {
-        reports: out,
-        not_started,
-    }
-}
-
-/// GET live, dry-run SSA, compare; apply for real only when different. `None`: not started (halted).
-async fn apply_object(
-    server: &Server,
-    o: &PlannedObject,
-    config: &Config,
-    listed: Option<&Value>,
-    stage: Stage,
-    halt: &Halt<'_>,
-) -> Option<ObjectReport> {
-    if halt.halted() {
-        return None;
-    }
-    let r = apply_started_object(server, o, config, listed, stage).await;
-    if r.transient {
-        halt.transient.store(true, Ordering::Relaxed);
-    }
-    Some(r)
-}
-
-async fn apply_started_object(
-    server: &Server,
-    o: &PlannedObject,
-    config: &Config,
-    listed: Option<&Value>,
-    stage: Stage,
-) -> ObjectReport {
-    let mut r = ObjectReport {
-        object: o.id.to_string(),
-        id: o.id.clone(),
-        chart: o.chart.clone(),
-        stage: stage.name(),
-        action: Action::Failed,
-        reason: None,
-        changes: Vec::new(),
-        transient: false,
-    };
-    let fail = |r: &mut ObjectReport, e: ssa::Error| {
-        r.transient = e.is_transient();
-        r.reason = Some(format!(
-            "stage {}: {e} (rendered from {})",
-            stage.name(),
-            o.template
-        ));
-    };
-    if config.dry_run && !server.knows(&o.id) {
-        // A custom resource whose CRD is part of this apply: the API server cannot dry-run it yet.
-        r.action = Action::Created;
-        r.reason = Some(format!(
-            "{} {} is not served yet (its CRD is created by this apply)",
-            o.id.api_version(),
-            o.id.kind
-        ));
-        return r;
-    }
-    let fetched = match listed {
-        Some(l) => Ok(Some(l.clone())),
-        None => server.get(&o.id).await,
-    };
-    let live = match fetched {
-        Ok(l) => l,
-        Err(e) => {
-            fail(&mut r, e);
-            return r;
-        }
-    };
-    // Absent: nothing to compare, so no dry run; apply it.
-    if live.is_none() && !config.dry_run {
-        r.action = Action::Created;
-        if let Err(e) = server
-            .apply(&o.id, &o.object, false, config.force_conflicts)
-            .await
-        {
-            r.action = Action::Failed;
-            fail(&mut r, e);
-        }
-        return r;
-    }
-    if let Some(l) = &live
-        && unchanged_fast(&o.object, l)
-    {
-        r.action = Action::Unchanged;
-        return r;
-    }
-    // A diff always dry-runs with force so it can show the result; the owners of contested fields are listed.
-    let force = config.force_conflicts || config.dry_run;
-    let dry = match server.apply(&o.id, &o.object, true, force).await {
-        Ok(d) => d,
-        Err(ssa::Error::Api {
-            source: kube::Error::Api(s),
-            ..
-        }) if config.dry_run && live.is_none() && s.code == 404 => {
-            // Its namespace is created by this apply: nothing to dry-run against yet.
-            r.action = Action::Created;
-            r.reason = Some(format!(
-                "namespace {} is created by this apply",
-                o.id.namespace.as_deref().unwrap_or("")
-            ));
-            return r;
-        }
-        Err(e) => {
-            fail(&mut r, e);
-            return r;
-        }
-    };
-    // A controller may have written the object between our read and the dry run (the Deployment controller's
-    // revision annotation right after a create): on a difference, read and dry-run once more before calling it
-    // changed.
-    let (live, dry) = match &live {
-        Some(l) if diff::normalize(l) != diff::normalize(&dry) => {
-            match (
-                server.get(&o.id).await,
-                server.apply(&o.id, &o.object, true, force).await,
-            ) {
-                (Ok(Some(l2)), Ok(d2)) => (Some(l2), d2),
-                _ => (live, dry),
-            }
-        }
-        _ => (live, dry),
-    };
-    match &live {
-        Some(l) if diff::normalize(l) == diff::normalize(&dry) => {
-            r.action = Action::Unchanged;
-            return r;
-        }
-        Some(l) => {
-            r.action = Action::Configured;
-            if config.dry_run {
-                r.changes = diff::field_changes(l, &dry, FIELD_MANAGER);
-            }
-        }
-        None => r.action = Action::Created,
-    }
-    if !config.dry_run
-        && let Err(e) = server
-            .apply(&o.id, &o.object, false, config.force_conflicts)
-            .await
-    {
-        r.action = Action::Failed;
-        fail(&mut r, e);
-    }
-    r
-}
-
-/// Charts along the DAG with bounded concurrency; fills chart reports.
-async fn run_charts(
-    server: &Server,
-    plan: &Plan,
-    config: &Config,
-    live: &BTreeMap<ObjectId, Value>,
-    progress: &Progress,
-    report: &mut ApplyReport,
-    halt: &Halt<'_>,
-) {
-    #[derive(Clone, Copy, PartialEq)]
-    enum S {
-        Pending,
-        Running,
-        Done,
-        Failed,
-        Stopped,
-    }
-    let mut state: BTreeMap<&str, S> = plan
-        .charts
-        .iter()
-        .map(|c| (c.name.as_str(), S::Pending))
-        .collect();
-    let mut chart_reports: BTreeMap<String, ChartReport> = BTreeMap::new();
-    let report_mx = Mutex::new(std::mem::take(report));
-    let mut running = FuturesUnordered::new();
-    loop {
-        // Block charts whose dependencies failed; start ready ones.
-        for c in &plan.charts {
-            if state[c.name.as_str()] != S::Pending {
-                continue;
-            }
-            if let Some(bad) = c
-                .depends_on
-                .iter()
-                .find(|d| state.get(d.as_str()) == Some(&S::Failed))
-            {
-                let msg = format!("not applied: dependency {bad:?} failed");
-                state.insert(&c.name, S::Failed);
-                progress.set(&c.name, ChartState::Blocked, &msg);
-                chart_reports.insert(
-                    c.name.clone(),
-                    chart_report(c, ChartState::Blocked, None, None, None, Some(msg)),
-                );
-                continue;
-            }
-            let ready = c
-                .depends_on
-                .iter()
-                .all(|d| state.get(d.as_str()).is_none_or(|s| *s == S::Done));
-            if ready && running.len() < config.concurrency.max(1) && !halt.halted() {
-                state.insert(&c.name, S::Running);
-                let report_mx = &report_mx;
-                running.push(async move {
-                    let started = now_ms();
-                    progress.set(
-                        &c.name,
-                        ChartState::Applying,
-                        &format!("{} objects", c.objects.len()),
-                    );
-                    let results =
-                        apply_group(server, &c.objects, config, live, Stage::Workloads, halt).await;
-                    let not_started = results.not_started;
-                    let err = collect(&mut report_mx.lock().expect("report lock"), results);
-                    let finished = now_ms();
-                    if let Some(e) = err {
-                        progress.set(&c.name, ChartState::Failed, &e);
-                        return (
-                            c,
-                            chart_report(
-                                c,
-                                ChartState::Failed,
-                                Some(started),
-                                Some(finished),
-                                None,
-                                Some(e),
-                            ),
-                        );
-                    }
-                    if not_started > 0 {
-                        let (state, why) = halt.why();
-                        let msg = format!(
-                            "{not_started} of {} objects not applied: {why}",
-                            c.objects.len()
-                        );
-                        progress.set(&c.name, state, &msg);
-                        return (
-                            c,
-                            chart_report(c, state, Some(started), Some(finished), None, Some(msg)),
-                        );
-                    }
-                    if !config.wait || config.dry_run {
-                        progress.set(&c.name, ChartState::Applied, "");
-                        return (
-                            c,
-                            chart_report(
-                                c,
-                                ChartState::Applied,
-                                Some(started),
-                                Some(finished),
-                                None,
-                                None,
-                            ),
-                        );
-                    }
-                    progress.set(&c.name, ChartState::WaitingHealthy, "");
-                    let objs: Vec<&PlannedObject> = plan
-                        .applied_objects()
-                        .filter(|o| o.chart == c.name)
-                        .collect();
-                    let waited = tokio::select! {
-                        r = wait_healthy(server, &objs, config.timeout) => Some(r),
-                        _ = config.stop.wait() => None,
-                    };
-                    match waited {
-                        None => {
-                            let msg = "applied; health not awaited: stop requested";
-                            progress.set(&c.name, ChartState::Stopped, msg);
-                            (
-                                c,
-                                chart_report(
-                                    c,
-                                    ChartState::Stopped,
-                                    Some(started),
-                                    Some(finished),
-                                    None,
-                                    Some(msg.into()),
-                                ),
-                            )
-                        }
-                        Some(Ok(())) => {
-                            progress.set(&c.name, ChartState::Healthy, "");
-                            (
-                                c,
-                                chart_report(
-                                    c,
-                                    ChartState::Healthy,
-                                    Some(started),
-                                    Some(finished),
-                                    Some(now_ms()),
-                                    None,
-                                ),
-                            )
-                        }
-                        Some(Err(e)) => {
-                            let msg = format!("chart {}: {e}", c.name);
-                            progress.set(&c.name, ChartState::Failed, &e);
-                            (
-                                c,
-                                chart_report(
-                                    c,
-                                    ChartState::Failed,
-                                    Some(started),
-                                    Some(finished),
-                                    None,
-                                    Some(msg),
-                                ),
-                            )
-                        }
-                    }
-                });
-            }
-        }
-        let Some((c, cr)) = running.next().await else {
-            break;
-        };
-        let failed = cr.state == ChartState::Failed;
-        let s = match cr.state {
-            ChartState::Failed | ChartState::Blocked => S::Failed,
-            ChartState::Stopped => S::Stopped,
-            _ => S::Done,
-        };
-        state.insert(&c.name, s);
-        if failed && let Some(m) = &cr.message {
-            let mut r = report_mx.lock().expect("report lock");
-            if !r.errors.contains(m) {
-                r.errors.push(m.clone());
-            }
-        }
-        chart_reports.insert(c.name.clone(), cr);
-    }
-    drop(running);
-    *report = report_mx.into_inner().expect("report lock");
-    for c in &plan.charts {
-        if let Some(cr) = chart_reports.remove(&c.name) {
-            report.charts.push(cr);
-        } else if state[c.name.as_str()] == S::Pending {
-            // Never started: only a halt leaves a chart pending.
-            report.not_applied += c.objects.len();
-            let (state, why) = halt.why();
-            let why = format!("not started: {why}");
-            progress.set(&c.name, state, &why);
-            report
-                .charts
-                .push(chart_report(c, state, None, None, None, Some(why)));
-        }
-    }
-}
-
-/// Poll until every object is healthy; on timeout or failure, name each unhealthy object and why
-/// (for workloads, the problems of their pods, e.g. the scheduler's "Insufficient memory").
-pub async fn wait_healthy(
-    server: &Server,
-    objects: &[&PlannedObject],
-    timeout: Duration,
-) -> Result<(), String> {
-    let start = Instant::now();
-    loop {
-        let mut problems = Vec::new();
-        let mut failed = false;
-        for o in objects {
-            let live = match server.get(&o.id).await {
-                Ok(Some(l)) => l,
-                Ok(None) => {
-                    problems.push((o, Value::Null, "not found".to_string()));
-                    continue;
-                }
-                Err(e) => {
-                    problems.push((o, Value::Null, e.to_string()));
-                    continue;
-                }
-            };
-            match health::assess(&live) {
-                Health::Current => {}
-                Health::InProgress(why) => problems.push((o, live, why)),
-                Health::Failed(why) => {
-                    failed = true;
-                    problems.push((o, live, why));
-                }
-            }
-        }
-        if problems.is_empty() {
-            return Ok(());
-        }
-        if failed || start.elapsed() >= timeout {
-            let mut lines = Vec::new();
-            for (o, live, why) in problems {
-                let mut line = format!("{}: {why}", o.id);
-                if health::has_pods(&o.id.kind)
-                    && let (Some(sel), Some(ns)) = (health::pod_selector(&live), &o.id.namespace)
-                {
-                    let pod_gk = GroupKind {
-                        group: String::new(),
-                        kind: "Pod".into(),
-                    };
-                    if let Ok(pods) = server
-                        .list(&pod_gk, &sel, &BTreeSet::from([ns.clone()]))
-                        .await
-                    {
-                        for p in pods {
-                            if let Some(problem) = health::pod_problem(&p) {
-                                line.push_str(&format!(
-                                    "; pod {} {problem}",
-                                    p["metadata"]["name"].as_str().unwrap_or("?")
-                                ));
-                            }
-                        }
-                    }
-                }
-                lines.push(line);
-            }
-            let head = if failed {
-                "unhealthy".to_string()
-            } else {
-                format!("not healthy after {} s", timeout.as_secs())
-            };
-            return Err(format!("{head}: {}", lines.join("; ")));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 /// The engine's futures must be `Send` so the daemon can spawn them.
 #[allow(dead_code)]
 fn assert_send(
     server: &Server,
-    set: &RenderedSet,
+    plan: &Plan,
     inv: &Inventory,
     config: &Config,
     progress: &Progress,
 ) {
     fn is_send<T: Send>(_: &T) {}
-    is_send(&apply(server, set, inv, config, progress));
+    is_send(&apply(server, plan, inv, config, progress));
     is_send(&uninstall(
         server,
-        set,
+        plan,
         inv,
         None,
         false,
@@ -1216,99 +891,56 @@ fn assert_send(
     ));
 }
 
-/// What `uninstall` did.
-#[derive(Clone, Debug, Serialize, Default)]
-pub struct UninstallReport {
-    pub deleted: Vec<String>,
-    pub kept: Vec<String>,
-    pub errors: Vec<String>,
-    /// True when the ApplySet parent was deleted too (nothing left in it).
-    pub parent_deleted: bool,
+/// Where the inventory was found by [`locate_inventory`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// At the place the rule gives (`Inventory::of`).
+    Here,
+    /// In a place an earlier version used; it is used where it is, so nothing is duplicated.
+    Adopted { from: String },
+    /// Nowhere: nothing was applied by pailot for this cluster (or it was uninstalled).
+    Nowhere,
 }
 
-/// Delete the inventory's members (only those of `only_chart` when given), charts in reverse dependency order,
-/// waiting for each chart's deletions; protected kinds stay unless `allow_protected`.
-pub async fn uninstall(
+/// The inventory of `cluster`, and where its parent was found.
+#[derive(Clone, Debug)]
+pub struct Located {
+    pub inventory: Inventory,
+    pub found: Found,
+}
+
+/// Find the inventory of `cluster`: the parent at the place the rule gives, else one that an earlier version
+/// left in a legacy namespace (adopted in place), else the rule's place (to be created by the first apply).
+pub async fn locate_inventory(
     server: &Server,
-    set: &RenderedSet,
-    inv: &Inventory,
-    only_chart: Option<&str>,
-    allow_protected: bool,
-    timeout: Duration,
-    progress: &Progress,
-) -> Result<UninstallReport, Error> {
-    let plan = Plan::new(set)?;
-    let pid = parent_id(inv);
-    let mut out = UninstallReport::default();
-    let Some(parent) = server.get(&pid).await.map_err(server_err("uninstall"))? else {
-        return Ok(out);
-    };
-    inv.check_parent(&parent)?;
-    let (gks, nss) = inventory::recorded(&parent);
-    let members = list_members(server, inv, &gks, &nss)
-        .await
-        .map_err(server_err("uninstall"))?;
-    let chart_label = |m: &prune::Member| {
-        m.metadata["labels"][inventory::CHART_LABEL]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
-    };
-    // Unknown charts first (nothing depends on them), then the plan's charts in reverse order.
-    let known: Vec<String> = plan.charts.iter().map(|c| c.name.clone()).collect();
-    let mut order: Vec<String> = members
-        .iter()
-        .map(chart_label)
-        .filter(|c| !known.contains(c))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    order.extend(known.into_iter().rev());
-    if let Some(only) = only_chart {
-        order.retain(|c| c == only);
+    cluster: &crate::cluster::Cluster,
+) -> Result<Located, Error> {
+    let err = server_err(Step::Inventory);
+    let rule = Inventory::of(cluster);
+    if server.get(&rule.parent_id()).await.map_err(&err)?.is_some() {
+        return Ok(Located {
+            inventory: rule,
+            found: Found::Here,
+        });
     }
-    for chart in &order {
-        let mine: Vec<&prune::Member> = members
-            .iter()
-            .filter(|m| &chart_label(m) == chart)
-            .collect();
-        if mine.is_empty() {
+    for ns in inventory::LEGACY_NAMESPACES {
+        if ns == rule.namespace {
             continue;
         }
-        progress.set(chart, ChartState::Applying, "deleting");
-        let mut deleted = Vec::new();
-        for m in mine {
-            if prune::is_protected(&m.id)
-                && !allow_protected
-                && m.metadata["annotations"][prune::PRUNE_ANNOTATION].as_str() != Some("allow")
-            {
-                out.kept.push(m.id.to_string());
-                continue;
-            }
-            match server.delete(&m.id).await {
-                Ok(()) => deleted.push(&m.id),
-                Err(e) => out.errors.push(e.to_string()),
-            }
+        let candidate = Inventory::for_cluster(&cluster.name, ns);
+        if let Some(p) = server.get(&candidate.parent_id()).await.map_err(&err)?
+            && candidate.check_parent(&p).is_ok()
+        {
+            return Ok(Located {
+                inventory: candidate,
+                found: Found::Adopted {
+                    from: ns.to_string(),
+                },
+            });
         }
-        for id in deleted {
-            match server.wait_deleted(id, timeout).await {
-                Ok(()) => out.deleted.push(id.to_string()),
-                Err(e) => out.errors.push(e.to_string()),
-            }
-        }
-        progress.set(
-            chart,
-            if out.errors.is_empty() {
-                ChartState::Healthy
-            } else {
-                ChartState::Failed
-            },
-            "deleted",
-        );
     }
-    if only_chart.is_none() && out.errors.is_empty() && out.kept.is_empty() {
-        server.delete(&pid).await.map_err(server_err("uninstall"))?;
-        out.parent_deleted = true;
-    }
-    Ok(out)
+    Ok(Located {
+        inventory: rule,
+        found: Found::Nowhere,
+    })
 }

@@ -1,13 +1,15 @@
-//! The Plan: a RenderedSet split into stages and charts, the chart `dependsOn` graph checked for cycles,
-//! and the objects that are never applied through the API (bootstrap static pods).
+//! The Plan: a RenderedSet labelled as members of one inventory, split into stages and charts, the chart
+//! `dependsOn` graph checked for cycles, and the objects never applied through the API (bootstrap static pods).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use serde_json::Value;
 
-use super::order::{Stage, kind_rank};
-use crate::manifest::{ObjectId, RenderedObject, RenderedSet};
+use super::diff;
+use crate::inventory::{self, GroupKind, Inventory};
+use crate::manifest::{ChartInfo, ObjectId, RenderedObject, RenderedSet};
+use crate::order::{Stage, kind_rank};
 
 /// Annotation that marks an object bootstrap writes as a static pod manifest; pailot never applies it.
 pub use crate::manifest::{STATIC_POD_ANNOTATION, is_static_pod};
@@ -55,51 +57,66 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Split `set` into stages and charts; fails on a dependency cycle before anything is applied.
-    pub fn new(set: &RenderedSet) -> Result<Plan, Error> {
+    /// Split `set` into stages and charts, each object labelled as a member of `inv` and stamped with
+    /// the hash of what is applied; fails on a dependency cycle before anything is applied.
+    pub fn new(set: &RenderedSet, inv: &Inventory) -> Result<Plan, Error> {
         let order = chart_order(set)?;
+        let applyset_id = inv.id();
+        let objects = set.objects.iter().map(
+            |(
+                id,
+                RenderedObject {
+                    chart,
+                    template,
+                    object,
+                },
+            )| {
+                let mut object = object.clone();
+                prepare(&mut object, &applyset_id, chart);
+                PlannedObject {
+                    id: id.clone(),
+                    chart: chart.clone(),
+                    template: template.clone(),
+                    object,
+                }
+            },
+        );
+        let charts: Vec<ChartInfo> = order
+            .iter()
+            .filter_map(|n| set.charts.iter().find(|c| &c.name == n).cloned())
+            .collect();
+        Ok(Plan::from_objects(objects, &charts))
+    }
+
+    /// A plan of objects already prepared (labelled and stamped), with `charts` in the order to
+    /// apply them: what `new` builds, and what a kept plan is thawed into.
+    pub fn from_objects(
+        objects: impl IntoIterator<Item = PlannedObject>,
+        charts: &[ChartInfo],
+    ) -> Plan {
         let mut plan = Plan::default();
         let mut by_chart: BTreeMap<String, Vec<PlannedObject>> = BTreeMap::new();
-        for (
-            id,
-            RenderedObject {
-                chart,
-                template,
-                object,
-            },
-        ) in &set.objects
-        {
-            let p = PlannedObject {
-                id: id.clone(),
-                chart: chart.clone(),
-                template: template.clone(),
-                object: object.clone(),
-            };
-            if is_static_pod(object) {
+        for p in objects {
+            if is_static_pod(&p.object) {
                 plan.skipped.push(p);
                 continue;
             }
-            match Stage::of(id) {
+            match Stage::of(&p.id) {
                 Stage::ClusterDefinitions => plan.cluster_definitions.push(p),
                 Stage::Classes => plan.classes.push(p),
-                Stage::Workloads => by_chart.entry(chart.clone()).or_default().push(p),
+                Stage::Workloads => by_chart.entry(p.chart.clone()).or_default().push(p),
             }
         }
         // CRDs, then Namespaces, then cluster RBAC.
         plan.cluster_definitions
-            .sort_by_key(|p| (definition_rank(&p.id), p.id.clone()));
-        for name in order {
-            let depends_on = set
-                .charts
-                .iter()
-                .find(|c| c.name == name)
-                .map(|c| c.depends_on.clone())
-                .unwrap_or_default();
-            let mut objects = by_chart.remove(&name).unwrap_or_default();
+            .sort_by_key(|p| (crate::order::rank(&p.id), p.id.clone()));
+        plan.classes.sort_by_key(|p| p.id.clone());
+        for c in charts {
+            let mut objects = by_chart.remove(&c.name).unwrap_or_default();
             objects.sort_by_key(|p| (kind_rank(&p.id.kind), p.id.clone()));
             plan.charts.push(ChartPlan {
-                name,
-                depends_on,
+                name: c.name.clone(),
+                depends_on: c.depends_on.clone(),
                 objects,
             });
         }
@@ -112,7 +129,7 @@ impl Plan {
                 objects,
             });
         }
-        Ok(plan)
+        plan
     }
 
     /// Every object that will be applied, in plan order.
@@ -128,6 +145,19 @@ impl Plan {
         self.applied_objects().chain(&self.skipped)
     }
 
+    /// Group kinds and namespaces of the objects applied through the API (what the parent records).
+    pub fn scope(&self) -> (BTreeSet<GroupKind>, BTreeSet<String>) {
+        let mut gks = BTreeSet::new();
+        let mut nss = BTreeSet::new();
+        for o in self.applied_objects() {
+            gks.insert(GroupKind::of(&o.id));
+            if let Some(ns) = &o.id.namespace {
+                nss.insert(ns.clone());
+            }
+        }
+        (gks, nss)
+    }
+
     /// Every chart name, including charts with objects only in the early stages.
     pub fn chart_names(&self) -> BTreeSet<String> {
         self.all_objects()
@@ -137,18 +167,33 @@ impl Plan {
     }
 }
 
-fn definition_rank(id: &ObjectId) -> u8 {
-    match id.kind.as_str() {
-        "CustomResourceDefinition" => 0,
-        "Namespace" => 1,
-        _ => 2,
+/// Label an object as a member of the ApplySet and stamp the hash of what is applied.
+fn prepare(object: &mut Value, applyset_id: &str, chart: &str) {
+    inventory::label_member(object, applyset_id, chart);
+    let hash = diff::desired_hash(object);
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        let ann = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(ann) = ann.as_object_mut() {
+            ann.insert(diff::DESIRED_HASH_ANNOTATION.into(), Value::String(hash));
+        }
     }
 }
 
 /// Charts in dependency order (dependencies first; ties in the render's order), or the first cycle found.
 pub fn chart_order(set: &RenderedSet) -> Result<Vec<String>, Error> {
-    let names: Vec<&str> = set.charts.iter().map(|c| c.name.as_str()).collect();
-    let deps: BTreeMap<&str, Vec<&str>> = set
+    for c in &set.charts {
+        for d in &c.depends_on {
+            if !set.charts.iter().any(|o| &o.name == d) {
+                return Err(Error::MissingDependency {
+                    chart: c.name.clone(),
+                    missing: d.clone(),
+                });
+            }
+        }
+    }
+    let nodes: Vec<(&str, Vec<&str>)> = set
         .charts
         .iter()
         .map(|c| {
@@ -158,55 +203,8 @@ pub fn chart_order(set: &RenderedSet) -> Result<Vec<String>, Error> {
             )
         })
         .collect();
-    for c in &set.charts {
-        for d in &c.depends_on {
-            if !deps.contains_key(d.as_str()) {
-                return Err(Error::MissingDependency {
-                    chart: c.name.clone(),
-                    missing: d.clone(),
-                });
-            }
-        }
-    }
-    #[derive(Clone, Copy, PartialEq)]
-    enum Mark {
-        New,
-        Active,
-        Done,
-    }
-    let mut mark: BTreeMap<&str, Mark> = names.iter().map(|n| (*n, Mark::New)).collect();
-    let mut out = Vec::new();
-    fn visit<'a>(
-        n: &'a str,
-        deps: &BTreeMap<&'a str, Vec<&'a str>>,
-        mark: &mut BTreeMap<&'a str, Mark>,
-        stack: &mut Vec<&'a str>,
-        out: &mut Vec<String>,
-    ) -> Result<(), Error> {
-        match mark[n] {
-            Mark::Done => return Ok(()),
-            Mark::Active => {
-                let start = stack.iter().position(|s| *s == n).unwrap_or(0);
-                let mut cycle: Vec<String> = stack[start..].iter().map(|s| s.to_string()).collect();
-                cycle.push(n.to_string());
-                return Err(Error::Cycle(cycle));
-            }
-            Mark::New => {}
-        }
-        mark.insert(n, Mark::Active);
-        stack.push(n);
-        for d in &deps[n] {
-            visit(d, deps, mark, stack, out)?;
-        }
-        stack.pop();
-        mark.insert(n, Mark::Done);
-        out.push(n.to_string());
-        Ok(())
-    }
-    for n in &names {
-        visit(n, &deps, &mut mark, &mut Vec::new(), &mut out)?;
-    }
-    Ok(out)
+    let order = crate::order::dependency_sort(&nodes).map_err(|c| Error::Cycle(c.0))?;
+    Ok(order.into_iter().map(|i| nodes[i].0.to_string()).collect())
 }
 
 /// Charts that depend, directly or not, on `chart` (used for uninstall order and failure propagation).
@@ -229,6 +227,10 @@ pub fn dependents(plan: &Plan, chart: &str) -> BTreeSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_inventory() -> Inventory {
+        Inventory::for_cluster("t", "default")
+    }
     use crate::manifest::ChartInfo;
     use serde_json::json;
 
@@ -257,7 +259,7 @@ mod tests {
     #[test]
     fn cycle_is_spelled_out() {
         let s = set(&[("a", &["c"]), ("b", &["a"]), ("c", &["b"])], &[]);
-        let err = Plan::new(&s).unwrap_err();
+        let err = Plan::new(&s, &test_inventory()).unwrap_err();
         assert_eq!(
             err,
             Error::Cycle(vec!["a".into(), "c".into(), "b".into(), "a".into()])
@@ -269,7 +271,7 @@ mod tests {
     fn self_dependency_is_a_cycle() {
         let s = set(&[("a", &["a"])], &[]);
         assert_eq!(
-            Plan::new(&s).unwrap_err(),
+            Plan::new(&s, &test_inventory()).unwrap_err(),
             Error::Cycle(vec!["a".into(), "a".into()])
         );
     }
@@ -278,7 +280,7 @@ mod tests {
     fn missing_dependency_is_named() {
         let s = set(&[("a", &["nope"])], &[]);
         assert!(matches!(
-            Plan::new(&s).unwrap_err(),
+            Plan::new(&s, &test_inventory()).unwrap_err(),
             Error::MissingDependency { .. }
         ));
     }
@@ -318,7 +320,7 @@ mod tests {
                 ),
             ],
         );
-        let plan = Plan::new(&s).unwrap();
+        let plan = Plan::new(&s, &test_inventory()).unwrap();
         let names: Vec<&str> = plan.charts.iter().map(|c| c.name.as_str()).collect();
         let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
         assert!(pos("db") < pos("web"));

@@ -39,10 +39,14 @@ impl ChartState {
 /// Each chart's state and note, and how many lines were drawn last time.
 type Drawn = (BTreeMap<String, (ChartState, String)>, usize);
 
-/// The view; redraws the chart table in place on a terminal.
+/// Told every chart state change (the daemon keeps `/status` live with it).
+pub type Observer = Box<dyn Fn(&str, ChartState, &str) + Send + Sync>;
+
+/// The view; redraws the chart table in place on a terminal, and tells an observer.
 pub struct Progress {
     enabled: bool,
     state: Mutex<Drawn>,
+    observer: Option<Observer>,
 }
 
 impl Progress {
@@ -51,6 +55,7 @@ impl Progress {
         Progress {
             enabled: std::io::stdout().is_terminal() && std::io::stderr().is_terminal(),
             state: Mutex::new((BTreeMap::new(), 0)),
+            observer: None,
         }
     }
 
@@ -59,11 +64,23 @@ impl Progress {
         Progress {
             enabled: false,
             state: Mutex::new((BTreeMap::new(), 0)),
+            observer: None,
+        }
+    }
+
+    /// Draws nothing; tells `observer` every change.
+    pub fn observed(observer: Observer) -> Self {
+        Progress {
+            observer: Some(observer),
+            ..Progress::quiet()
         }
     }
 
     /// Record a chart's state (and a short note) and redraw.
     pub fn set(&self, chart: &str, state: ChartState, note: &str) {
+        if let Some(o) = &self.observer {
+            o(chart, state, note);
+        }
         let mut guard = self.state.lock().expect("progress lock");
         guard.0.insert(chart.to_string(), (state, note.to_string()));
         if !self.enabled {

@@ -38,10 +38,10 @@ impl Default for Config {
 /// Why a prune is refused as a whole.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum Error {
-    /// Too many deletions at once.
+    /// Too many deletions at once. The text says what the limit is; how to allow it depends on the
+    /// caller (a flag for `pailot apply`, a config key for the daemon), so the caller says that.
     #[error(
-        "refusing to prune {count} of {inventory} inventory objects (more than {max_objects} and more than {pct:.0} %); \
-         pass --allow-mass-prune if this is intended"
+        "refusing to prune {count} of the {inventory} objects in the inventory: a prune may delete at most {max_objects} objects, or at most {pct:.0} % of the inventory"
     )]
     MassPrune {
         count: usize,
@@ -99,6 +99,23 @@ fn key(id: &ObjectId) -> (String, String, Option<String>, String) {
         id.namespace.clone(),
         id.name.clone(),
     )
+}
+
+/// The chart label of a member's metadata (`pailot.dev/chart`), or "".
+pub fn chart_label(metadata: &Value) -> String {
+    metadata["labels"][crate::inventory::CHART_LABEL]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The chart of member `id` among `members`, or "".
+pub fn chart_of(members: &[Member], id: &ObjectId) -> String {
+    members
+        .iter()
+        .find(|m| &m.id == id)
+        .map(|m| chart_label(&m.metadata))
+        .unwrap_or_default()
 }
 
 /// Decide the fate of every member not in `desired`.
@@ -267,7 +284,11 @@ mod tests {
                 ..
             }
         ));
-        assert!(err.to_string().contains("--allow-mass-prune"));
+        // The engine says what the limit is; the caller says how to allow it (a flag or a config key).
+        assert_eq!(
+            err.to_string(),
+            "refusing to prune 11 of the 12 objects in the inventory: a prune may delete at most 10 objects, or at most 25 % of the inventory"
+        );
         assert_eq!(
             plan(
                 ID,

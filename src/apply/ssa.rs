@@ -10,6 +10,7 @@ use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
 use serde_json::Value;
 
+use super::FailureKind;
 use crate::FIELD_MANAGER;
 use crate::inventory::GroupKind;
 use crate::manifest::ObjectId;
@@ -18,7 +19,7 @@ use crate::manifest::ObjectId;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Discovery of the API server's resources failed.
-    #[error("failed to discover the API server's resources")]
+    #[error("failed to discover the API server's resources: {}", describe(.0))]
     Discovery(#[source] kube::Error),
     /// The kind is not served (a CRD missing or not established).
     #[error("{object}: the API server does not serve {api_version} {kind}")]
@@ -37,8 +38,8 @@ pub enum Error {
         managers: Vec<String>,
         fields: Vec<String>,
     },
-    /// Any other API error.
-    #[error("{object}: {op} failed: {source}")]
+    /// Any other API error (shown as the API's own words: code, reason, message).
+    #[error("{object}: {op} failed: {}", describe(source))]
     Api {
         object: String,
         op: &'static str,
@@ -51,25 +52,76 @@ pub enum Error {
 }
 
 impl Error {
-    /// The API server or the network failed, not the object (retry later): transport errors (connection
-    /// refused or reset, timeouts, TLS) and the server's 429/500/502/503/504 answers (e.g. while it shuts down
-    /// or starts up).
-    pub fn is_transient(&self) -> bool {
+    /// What kind of failure this is, from the error's type and the API's status code.
+    pub fn kind(&self) -> FailureKind {
         match self {
-            Error::Discovery(e) | Error::Api { source: e, .. } => is_transient(e),
-            Error::UnknownKind { .. } | Error::Conflict { .. } | Error::DeleteTimeout { .. } => {
-                false
-            }
+            Error::Discovery(e) | Error::Api { source: e, .. } => kind_of(e),
+            Error::UnknownKind { .. } => FailureKind::UnknownKind,
+            Error::Conflict { .. } => FailureKind::Conflict,
+            Error::DeleteTimeout { .. } => FailureKind::DeleteTimeout,
         }
+    }
+
+    /// The API server or the network failed, not the object (retry later).
+    pub fn is_transient(&self) -> bool {
+        self.kind().is_transient()
+    }
+
+    /// The API answered 404 Not Found.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Api { source: kube::Error::Api(s), .. } if s.code == 404)
     }
 }
 
-/// True for a kube client error the API server or the network caused (see [`Error::is_transient`]).
-pub fn is_transient(e: &kube::Error) -> bool {
+/// The kind of a kube client error: transport failures and the server's 429/502/503/504 answers (and
+/// 500s other than a schema mismatch) are the server's or the network's; other 4xx are the object's.
+pub fn kind_of(e: &kube::Error) -> FailureKind {
     match e {
-        kube::Error::Api(s) => matches!(s.code, 429 | 500 | 502 | 503 | 504),
-        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
-        _ => false,
+        kube::Error::Api(s) => match s.code {
+            429 | 502 | 503 | 504 => FailureKind::Unreachable,
+            500 if is_schema_mismatch(s) => FailureKind::Rejected,
+            500 => FailureKind::Unreachable,
+            400..=499 => FailureKind::Rejected,
+            _ => FailureKind::Internal,
+        },
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => {
+            FailureKind::Unreachable
+        }
+        _ => FailureKind::Internal,
+    }
+}
+
+/// True for the 500 server-side apply answers when an object does not fit the kind's schema ("failed to
+/// create typed patch object"): the API server's only way of saying so, and the object is at fault, so
+/// retrying cannot help. Recognised here, where the status is turned into a kind, and nowhere else.
+fn is_schema_mismatch(s: &kube::core::Status) -> bool {
+    s.message.starts_with("failed to create typed patch object")
+        || s.message.contains("failed to create typed live object")
+}
+
+/// A kube client error as text a person reads: for API answers, the code, reason and message (never the
+/// `Status { .. }` debug dump kube's own `Display` appends).
+pub fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => {
+            let mut out = s.code.to_string();
+            if !s.reason.is_empty() {
+                out.push(' ');
+                out.push_str(&s.reason);
+            }
+            if !s.message.is_empty() {
+                out.push_str(": ");
+                out.push_str(&s.message);
+            }
+            out
+        }
+        other => {
+            let text = other.to_string();
+            match std::error::Error::source(other) {
+                Some(src) if !text.contains(&src.to_string()) => format!("{text}: {src}"),
+                _ => text,
+            }
+        }
     }
 }
 
@@ -331,6 +383,14 @@ mod tests {
         assert!(api(status(503)).is_transient());
         assert!(api(status(429)).is_transient());
         assert!(api(status(500)).is_transient());
+        // A schema mismatch is the object's fault, whatever the code says.
+        let typed = kube::Error::Api(Box::new(
+            serde_json::from_value(serde_json::json!({"status": "Failure", "code": 500,
+                "reason": "InternalError",
+                "message": "failed to create typed patch object (/v1, Kind=ConfigMap) n/c: .data.x: expected string, got &value.valueUnstructured{Value:1}"}))
+            .unwrap(),
+        ));
+        assert_eq!(api(typed).kind(), FailureKind::Rejected);
         assert!(!api(status(422)).is_transient(), "invalid object");
         assert!(!api(status(403)).is_transient(), "forbidden");
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
@@ -343,6 +403,26 @@ mod tests {
             }
             .is_transient()
         );
+    }
+
+    #[test]
+    fn api_errors_read_as_code_reason_and_message_not_a_debug_dump() {
+        let e = Error::Api {
+            object: "ConfigMap/n/c".into(),
+            op: "apply",
+            source: kube::Error::Api(Box::new(
+                serde_json::from_value(serde_json::json!({"status": "Failure", "code": 422,
+                    "reason": "Invalid", "message": "ConfigMap \"c\" is invalid: data: Invalid value"}))
+                .unwrap(),
+            )),
+        };
+        let text = e.to_string();
+        assert_eq!(
+            text,
+            "ConfigMap/n/c: apply failed: 422 Invalid: ConfigMap \"c\" is invalid: data: Invalid value"
+        );
+        assert!(!text.contains("Status {"), "{text}");
+        assert_eq!(e.kind(), FailureKind::Rejected);
     }
 
     #[test]

@@ -5,22 +5,18 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
-
 use super::{EXIT_DIFF, EXIT_INPUT, RepoArgs, UsageError};
-use crate::apply::{self, Action, ApplyReport, Server, diff, progress::Progress};
+use crate::apply::{self, Action, ApplyReport, Server, diff, plan::Plan, progress::Progress};
 use crate::inventory::{self, Inventory};
 use crate::render::render;
 
-/// How pailot reaches the cluster and where its inventory lives.
+/// How pailot reaches the cluster. The inventory (the ApplySet parent Secret `applyset-<cluster name>`)
+/// lives in the Cluster file's `namespace`, for every command and the daemon alike.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ClusterArgs {
     /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
-    /// Namespace of the ApplySet parent Secret `applyset-<cluster name>`.
-    #[arg(long, value_name = "NS", default_value = inventory::DEFAULT_NAMESPACE, env = "PAILOT_INVENTORY_NAMESPACE")]
-    pub inventory_namespace: String,
 }
 
 /// Human table or JSON.
@@ -55,7 +51,7 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub wait: bool,
     /// Per-chart health timeout (`90s`, `5m`, `1h`, or seconds).
-    #[arg(long, value_name = "D", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, value_name = "D", default_value = "5m", value_parser = crate::duration::parse)]
     pub timeout: Duration,
     /// Take over fields that other field managers own.
     #[arg(long)]
@@ -63,6 +59,9 @@ pub struct ApplyArgs {
     /// Allow a prune of more than 10 objects and more than 25 % of the inventory.
     #[arg(long)]
     pub allow_mass_prune: bool,
+    /// Apply even when the render's requests do not fit the machines (`pailot budget` says OVER).
+    #[arg(long)]
+    pub allow_over_budget: bool,
     /// Allow pruning Namespaces, PVCs, PVs and CRDs (otherwise only with `pailot.dev/prune: allow`).
     #[arg(long)]
     pub prune_protected: bool,
@@ -87,25 +86,11 @@ pub struct UninstallArgs {
     #[arg(long)]
     pub prune_protected: bool,
     /// How long to wait for each deletion.
-    #[arg(long, value_name = "D", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, value_name = "D", default_value = "5m", value_parser = crate::duration::parse)]
     pub timeout: Duration,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = ReportFormat::Table)]
     pub output: ReportFormat,
-}
-
-/// `90`, `90s`, `5m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, mult) = match s.chars().last() {
-        Some('s') => (&s[..s.len() - 1], 1),
-        Some('m') => (&s[..s.len() - 1], 60),
-        Some('h') => (&s[..s.len() - 1], 3600),
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .map(|n| Duration::from_secs(n * mult))
-        .map_err(|_| format!("invalid duration {s:?} (expected e.g. 90s, 5m, 1h)"))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -116,27 +101,46 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn connect(kubeconfig: Option<&Path>) -> anyhow::Result<Server> {
-    let config = match kubeconfig {
-        Some(p) => {
-            let kc = kube::config::Kubeconfig::read_from(p)
-                .with_context(|| format!("reading kubeconfig {}", p.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no kubeconfig found (pass --kubeconfig or set KUBECONFIG)")?,
-    };
-    let client = kube::Client::try_from(config)?;
+    let client = crate::kube_client::client(kubeconfig).await?;
     Ok(Server::new(client).await?)
 }
 
-/// A plan error (dependency cycle) is an input error: exit 2, nothing applied.
-fn classify(e: apply::Error) -> anyhow::Error {
-    match e {
-        apply::Error::Plan(p) => UsageError(format!("plan: {p}; nothing was applied")).into(),
-        other => other.into(),
+/// Connect, find the inventory (adopting one an earlier version left elsewhere) and plan the render as
+/// its members. A plan error (dependency cycle) is an input error: exit 2, nothing applied.
+async fn connect_and_plan(
+    kubeconfig: Option<&Path>,
+    cluster: &crate::cluster::Cluster,
+    set: &crate::manifest::RenderedSet,
+) -> anyhow::Result<(Server, apply::Located, Plan)> {
+    let server = connect(kubeconfig).await?;
+    let located = apply::locate_inventory(&server, cluster).await?;
+    if let apply::Found::Adopted { from } = &located.found {
+        eprintln!(
+            "note: using the inventory {} that an earlier pailot left in namespace {from} (the rule puts it in the cluster's namespace {}); nothing is duplicated",
+            located.inventory.parent_name(),
+            cluster.namespace
+        );
     }
+    let plan = Plan::new(set, &located.inventory)
+        .map_err(|p| UsageError(format!("plan: {p}; nothing was applied")))?;
+    Ok((server, located, plan))
+}
+
+/// The message for an inventory that is nowhere: what was looked for, and where.
+fn no_inventory(cluster: &crate::cluster::Cluster) -> String {
+    let rule = Inventory::of(cluster);
+    let mut places = vec![rule.parent_name()];
+    places.extend(
+        inventory::LEGACY_NAMESPACES
+            .iter()
+            .filter(|ns| **ns != rule.namespace)
+            .map(|ns| Inventory::for_cluster(&cluster.name, ns).parent_name()),
+    );
+    format!(
+        "no inventory of cluster {:?} found (looked for {}): pailot has applied nothing here for this cluster",
+        cluster.name,
+        places.join(" and ")
+    )
 }
 
 fn write_out(text: &str) -> anyhow::Result<()> {
@@ -162,7 +166,6 @@ pub fn run_diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
 
 fn diff_inner(args: DiffArgs) -> anyhow::Result<ExitCode> {
     let (cluster, set) = render(&args.repo.request())?;
-    let inv = Inventory::for_cluster(&cluster.name, &args.cluster.inventory_namespace);
     let config = apply::Config {
         dry_run: true,
         prune: true,
@@ -172,11 +175,18 @@ fn diff_inner(args: DiffArgs) -> anyhow::Result<ExitCode> {
         },
         ..Default::default()
     };
-    let report = runtime()?.block_on(async {
-        let server = connect(args.cluster.kubeconfig.as_deref()).await?;
-        apply::apply(&server, &set, &inv, &config, &Progress::quiet())
-            .await
-            .map_err(classify)
+    let (report, found) = runtime()?.block_on(async {
+        let (server, located, plan) =
+            connect_and_plan(args.cluster.kubeconfig.as_deref(), &cluster, &set).await?;
+        let report = apply::apply(
+            &server,
+            &plan,
+            &located.inventory,
+            &config,
+            &Progress::quiet(),
+        )
+        .await?;
+        anyhow::Ok((report, located.found))
     })?;
     if args.output == ReportFormat::Json {
         write_out(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
@@ -184,10 +194,14 @@ fn diff_inner(args: DiffArgs) -> anyhow::Result<ExitCode> {
         write_out(&diff_text(&report))?;
     }
     if !report.ok() {
-        for e in &report.errors {
-            eprintln!("error: {e}");
+        for f in &report.failures {
+            eprintln!("error: {f}");
         }
         return Ok(ExitCode::from(EXIT_INPUT));
+    }
+    if found == apply::Found::Nowhere {
+        eprintln!("{}", no_inventory(&cluster));
+        return Ok(ExitCode::from(EXIT_DIFF));
     }
     Ok(if report.changed() {
         ExitCode::from(EXIT_DIFF)
@@ -271,7 +285,24 @@ fn summary(report: &ApplyReport) -> String {
 
 pub fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let (cluster, set) = render(&args.repo.request())?;
-    let inv = Inventory::for_cluster(&cluster.name, &args.cluster.inventory_namespace);
+    if set.objects.is_empty() {
+        eprintln!(
+            "error: the render of cluster {:?} is empty (check its overlays' chart selection); nothing was applied",
+            cluster.name
+        );
+        return Ok(ExitCode::from(EXIT_INPUT));
+    }
+    if !args.allow_over_budget {
+        let budget = crate::budget::compute(&cluster, &set);
+        if let Some(over) = budget.over_summary(3) {
+            eprintln!(
+                "error: the render does not fit the machines of cluster {:?}; nothing was applied\n{over}\n\
+                 lower the requests in an overlay (`pailot budget` shows every container), or pass --allow-over-budget",
+                cluster.name
+            );
+            return Ok(ExitCode::from(EXIT_DIFF));
+        }
+    }
     let config = apply::Config {
         force_conflicts: args.force_conflicts,
         prune: args.prune,
@@ -290,10 +321,9 @@ pub fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         let (stop_tx, stop) = apply::Stop::channel();
         let config = apply::Config { stop, ..config };
         tokio::spawn(stop_on_signal(stop_tx));
-        let server = connect(args.cluster.kubeconfig.as_deref()).await?;
-        apply::apply(&server, &set, &inv, &config, &progress)
-            .await
-            .map_err(classify)
+        let (server, located, plan) =
+            connect_and_plan(args.cluster.kubeconfig.as_deref(), &cluster, &set).await?;
+        anyhow::Ok(apply::apply(&server, &plan, &located.inventory, &config, &progress).await?)
     })?;
     if args.output == ReportFormat::Json {
         write_out(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
@@ -325,8 +355,13 @@ pub fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         s.push_str(&summary(&report));
         write_out(&s)?;
     }
-    for e in &report.errors {
-        eprintln!("error: {e}");
+    for f in &report.failures {
+        let hint = if f.kind == apply::FailureKind::PruneRefused {
+            "; nothing was pruned (check `pailot diff`, then pass --allow-mass-prune)"
+        } else {
+            ""
+        };
+        eprintln!("error: {f}{hint}");
     }
     if report.stopped {
         eprintln!(
@@ -369,22 +404,29 @@ async fn stop_on_signal(stop: tokio::sync::watch::Sender<bool>) {
 
 pub fn run_uninstall(args: UninstallArgs) -> anyhow::Result<ExitCode> {
     let (cluster, set) = render(&args.repo.request())?;
-    let inv = Inventory::for_cluster(&cluster.name, &args.cluster.inventory_namespace);
     let progress = progress_for(args.output);
     let report = runtime()?.block_on(async {
-        let server = connect(args.cluster.kubeconfig.as_deref()).await?;
-        apply::uninstall(
+        let (server, located, plan) =
+            connect_and_plan(args.cluster.kubeconfig.as_deref(), &cluster, &set).await?;
+        if located.found == apply::Found::Nowhere {
+            return Ok(None);
+        }
+        let report = apply::uninstall(
             &server,
-            &set,
-            &inv,
+            &plan,
+            &located.inventory,
             args.chart.as_deref(),
             args.prune_protected,
             args.timeout,
             &progress,
         )
-        .await
-        .map_err(classify)
+        .await?;
+        anyhow::Ok(Some(report))
     })?;
+    let Some(report) = report else {
+        eprintln!("error: {}", no_inventory(&cluster));
+        return Ok(ExitCode::from(EXIT_DIFF));
+    };
     if args.output == ReportFormat::Json {
         write_out(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {
@@ -410,21 +452,6 @@ pub fn run_uninstall(args: UninstallArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_DIFF)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("").is_err());
-    }
 }
 
 /// The progress view for a command: quiet when the output is JSON for a program.

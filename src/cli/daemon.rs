@@ -29,6 +29,7 @@ pub struct DaemonArgs {
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     if args.helper {
+        crate::daemon::helper::prepare_helper_process();
         crate::daemon::memory::limit_arenas();
         init_logging(args.log_json);
         crate::daemon::helper::serve(std::io::stdin().lock(), std::io::stdout().lock())
@@ -40,7 +41,8 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         Err(config::Error::Invalid(e)) => {
             return Err(anyhow::Error::new(e).context("invalid daemon configuration"));
         }
-        Err(e) => return Err(anyhow::Error::new(e)),
+        // A file that cannot be read is bad input too (`--check` promises 0 or 2).
+        Err(e) => return Err(anyhow::Error::new(super::UsageError(e.to_string()))),
     };
     if args.check {
         println!("{}: valid", args.config.display());

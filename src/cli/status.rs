@@ -11,7 +11,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 
 use super::{Output, UsageError};
-use crate::server::StatusSnapshot;
+use crate::daemon::status::Status as StatusSnapshot;
 
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
@@ -169,10 +169,26 @@ fn opt(s: &Option<String>) -> String {
 
 /// The human view of a status snapshot.
 pub fn table(s: &StatusSnapshot, now: f64) -> String {
-    let mut head = vec![
-        vec!["REVISION".to_string(), opt(&s.revision)],
-        vec!["PHASE".into(), opt(&s.phase)],
-    ];
+    let short = |r: &Option<String>| r.as_deref().map(|r| r.get(..12).unwrap_or(r).to_string());
+    let mut head = vec![vec!["REVISION".to_string(), opt(&s.revision)]];
+    if s.failed_revision.is_some() {
+        head.push(vec!["FAILED REVISION".into(), opt(&s.failed_revision)]);
+    }
+    let mut phase = s.phase.map_or("-".to_string(), |p| p.as_str().to_string());
+    if let Some(since) = s.phase_since {
+        let _ = write!(phase, " (since {})", relative(since, now));
+    }
+    head.push(vec!["PHASE".into(), phase]);
+    if let Some(sus) = &s.suspended {
+        let mut v = format!("since {}", relative(sus.since, now));
+        if let Some(u) = sus.until {
+            let _ = write!(v, ", until {}", relative(u, now));
+        }
+        if let Some(r) = &sus.reason {
+            let _ = write!(v, ": {r}");
+        }
+        head.push(vec!["SUSPENDED".into(), v]);
+    }
     if let Some(l) = s.leader {
         head.push(vec!["LEADER".into(), if l { "yes" } else { "no" }.into()]);
     }
@@ -181,8 +197,14 @@ pub fn table(s: &StatusSnapshot, now: f64) -> String {
     }
     if let Some(r) = &s.last_reconcile {
         let mut v = r.result.clone();
+        if let Some(rev) = short(&r.revision) {
+            let _ = write!(v, " of {rev}");
+        }
         if let Some(tr) = &r.trigger {
             let _ = write!(v, " ({tr})");
+        }
+        if let (Some(stage), Some(reason)) = (r.stage, r.reason) {
+            let _ = write!(v, " at {stage}, {reason}");
         }
         if let Some(d) = r.duration_seconds {
             let _ = write!(v, " in {d:.1}s");
@@ -193,7 +215,19 @@ pub fn table(s: &StatusSnapshot, now: f64) -> String {
         if let Some(m) = &r.message {
             let _ = write!(v, ": {m}");
         }
+        if let Some(to) = short(&r.rolled_back_to) {
+            let _ = write!(v, "; rolled back to {to}");
+        }
         head.push(vec!["LAST RECONCILE".into(), v]);
+    }
+    if let Some(b) = s.bootstrap.as_ref().filter(|b| !b.complete) {
+        head.push(vec![
+            "BOOTSTRAP".into(),
+            format!("incomplete: {}", b.missing.join("; ")),
+        ]);
+    }
+    if let Some(e) = &s.state_error {
+        head.push(vec!["STATE".into(), format!("cannot be written: {e}")]);
     }
     if let Some(t) = s.next_wakeup {
         head.push(vec!["NEXT WAKE-UP".into(), relative(t, now)]);
@@ -290,7 +324,10 @@ pub fn table(s: &StatusSnapshot, now: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::{ChartStatus, DriftRecord, ReconcileStatus, SourceStatus, StatusError};
+    use crate::daemon::status::{
+        ChartStatus, DriftRecord, LastReconcile as ReconcileStatus, Phase, SourceStatus,
+        StatusError,
+    };
 
     #[test]
     fn parses_urls() {
@@ -314,7 +351,7 @@ mod tests {
     fn table_shows_charts_drift_and_error_positions() {
         let mut s = StatusSnapshot {
             revision: Some("abc123".into()),
-            phase: Some("idle".into()),
+            phase: Some(Phase::Idle),
             ..Default::default()
         };
         s.last_reconcile = Some(ReconcileStatus {
@@ -329,6 +366,7 @@ mod tests {
             watch: "off".into(),
             poll_interval_seconds: 2.0,
             triggers: [("poll".to_string(), 3), ("webhook".to_string(), 1)].into(),
+            ..Default::default()
         });
         s.charts.insert(
             "grafana".into(),

@@ -53,6 +53,21 @@ pub struct RawConfig {
     /// Optional leader election through a coordination.k8s.io/v1 Lease.
     #[serde(default)]
     pub leader_election: RawLeaderElection,
+    /// Limits of the helper processes that fetch and render (a commit cannot stop the daemon).
+    #[serde(default)]
+    pub helpers: RawHelpers,
+}
+
+/// `helpers:` — bounds of each fetch or render helper process.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawHelpers {
+    /// Wall-clock limit of one fetch or render, e.g. `60s` (default `60s`); the helper is killed after it.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Memory limit of one helper, a Kubernetes quantity, e.g. `1Gi` (default `1Gi`).
+    #[serde(default)]
+    pub memory: Option<String>,
 }
 
 /// `source:` — where the deployment repository is.
@@ -146,6 +161,24 @@ pub struct RawReconcile {
     /// Refuse to prune more than this many objects in one reconcile (default 25).
     #[serde(default)]
     pub mass_prune_threshold: Option<usize>,
+    /// Apply a render whose requests do not fit the machines (default false: refused as `over_budget`).
+    #[serde(default)]
+    pub allow_over_budget: Option<bool>,
+    /// `onHealthFailure`: after a commit whose charts do not become healthy, re-apply the last healthy
+    /// revision (the failure stays reported); `none` (default): keep retrying the new commit.
+    #[serde(default)]
+    pub rollback: Option<Rollback>,
+}
+
+/// What to do when a commit's charts do not become healthy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Rollback {
+    /// Keep the new commit applied and retry it with backoff.
+    #[default]
+    None,
+    /// Re-apply the last revision whose charts were all healthy, and refuse the failed commit until the ref moves.
+    OnHealthFailure,
 }
 
 /// What the daemon does about drift.
@@ -188,9 +221,28 @@ pub struct RawLeaderElection {
     pub lease_duration: Option<String>,
 }
 
-/// A secret read from a file: its `Debug`/`Display` never show the value.
+/// A secret read from a file: its `Debug`/`Display` never show the value. It serializes (as base64) only
+/// to cross the pipe to a helper process, never into a file, a log or `/status`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Vec<u8>);
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine;
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map(Secret)
+            .map_err(|_| serde::de::Error::custom("secret is not base64"))
+    }
+}
 
 impl Secret {
     pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
@@ -227,7 +279,7 @@ impl fmt::Display for GitRef {
 }
 
 /// Where the repository is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RepoLocation {
     /// A repository on this machine (a path or `file://`): watched with inotify.
     Local(PathBuf),
@@ -235,8 +287,8 @@ pub enum RepoLocation {
     Remote(String),
 }
 
-/// Validated source settings.
-#[derive(Clone, Debug)]
+/// Validated source settings (they travel to the fetch helper as they are).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SourceConfig {
     pub location: RepoLocation,
     /// The URL as written (for messages and the fetch remote).
@@ -266,6 +318,8 @@ pub struct ReconcileConfig {
     pub drift_interval: Duration,
     pub drift_mode: DriftMode,
     pub mass_prune_threshold: usize,
+    pub allow_over_budget: bool,
+    pub rollback: Rollback,
 }
 
 impl Default for ReconcileConfig {
@@ -277,6 +331,8 @@ impl Default for ReconcileConfig {
             drift_interval: Duration::from_secs(300),
             drift_mode: DriftMode::Correct,
             mass_prune_threshold: 25,
+            allow_over_budget: false,
+            rollback: Rollback::None,
         }
     }
 }
@@ -308,6 +364,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// `None` when leader election is off.
     pub leader_election: Option<LeaderConfig>,
+    /// Bounds of each fetch/render helper process.
+    pub helpers: crate::daemon::helper::Limits,
 }
 
 /// Default listen address: loopback only.
@@ -378,6 +436,16 @@ impl Config {
 
         // source
         let s = &raw.source;
+        if crate::redact::url_has_password(&s.url) {
+            return Err(err(
+                "source.url",
+                format!(
+                    "{} carries a password or token; put the token in a file and name it in source.tokenFile \
+                     (the URL appears in logs and /status, a token file never does)",
+                    crate::redact::url_without_credentials(&s.url)
+                ),
+            ));
+        }
         let location = classify_url(&s.url, &base).ok_or_else(|| {
             err(
                 "source.url",
@@ -418,7 +486,7 @@ impl Config {
                 ),
             ));
         }
-        let poll_interval = parse_duration(s.poll_interval.as_deref().unwrap_or("60s"))
+        let poll_interval = crate::duration::parse(s.poll_interval.as_deref().unwrap_or("60s"))
             .map_err(|m| err("source.pollInterval", m))?;
         if poll_interval < Duration::from_secs(1) {
             return Err(err("source.pollInterval", "must be at least 1s".into()));
@@ -470,7 +538,7 @@ impl Config {
             |place: &str, v: &Option<String>, default: Duration| -> Result<Duration, InputError> {
                 match v {
                     None => Ok(default),
-                    Some(s) => parse_duration(s).map_err(|m| err(place, m)),
+                    Some(s) => crate::duration::parse(s).map_err(|m| err(place, m)),
                 }
             };
         let reconcile = ReconcileConfig {
@@ -484,6 +552,8 @@ impl Config {
             )?,
             drift_mode: r.drift_mode.unwrap_or_default(),
             mass_prune_threshold: r.mass_prune_threshold.unwrap_or(d.mass_prune_threshold),
+            allow_over_budget: r.allow_over_budget.unwrap_or(d.allow_over_budget),
+            rollback: r.rollback.unwrap_or_default(),
         };
         if reconcile.drift_interval < Duration::from_secs(1) {
             return Err(err("reconcile.driftInterval", "must be at least 1s".into()));
@@ -531,6 +601,26 @@ impl Config {
             None
         };
 
+        // helpers
+        let hd = crate::daemon::helper::Limits::default();
+        let helpers = crate::daemon::helper::Limits {
+            time: dur("helpers.timeout", &raw.helpers.timeout, hd.time)?,
+            memory: match &raw.helpers.memory {
+                None => hd.memory,
+                Some(q) => crate::quantity::parse_memory(q)
+                    .map_err(|e| err("helpers.memory", format!("{q:?}: {e}")))?,
+            },
+        };
+        if helpers.time < Duration::from_secs(1) {
+            return Err(err("helpers.timeout", "must be at least 1s".into()));
+        }
+        if helpers.memory < 64 << 20 {
+            return Err(err(
+                "helpers.memory",
+                "must be at least 64Mi (a helper needs that much to start)".into(),
+            ));
+        }
+
         Ok(Config {
             file: file.to_path_buf(),
             source,
@@ -550,6 +640,7 @@ impl Config {
                 .map(resolve)
                 .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             leader_election,
+            helpers,
         })
     }
 
@@ -600,44 +691,6 @@ fn is_commit_id(s: &str) -> bool {
     (7..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Parse a duration like `500ms`, `60s`, `10m`, `1h30m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if t.is_empty() {
-        return Err("empty duration".into());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!(
-                "{text:?} is not a duration like 500ms, 60s, 10m or 1h"
-            ));
-        }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{text:?}: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m, h)")),
-        };
-        total += d;
-    }
-    Ok(total)
-}
-
 fn yaml_error(file: &Path, err: &serde_saphyr::Error) -> InputError {
     let full = err.to_string();
     let first = full.lines().next().unwrap_or("").trim().to_string();
@@ -684,10 +737,7 @@ mod tests {
     }
 
     #[test]
-    fn durations_parse_and_bad_ones_name_the_field() {
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert!(parse_duration("10 minutes").is_err());
+    fn bad_durations_name_the_field() {
         let e = parse(&format!(
             "{MINIMAL}reconcile:\n  driftInterval: 5 minutes\n"
         ))
@@ -710,6 +760,37 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.line, Some(5), "{e}");
         assert!(e.message.contains("never"), "{e}");
+    }
+
+    #[test]
+    fn a_token_in_the_url_is_refused_without_printing_it() {
+        let e = parse(
+            "apiVersion: pailot.dev/v1\nkind: DaemonConfig\nsource:\n  url: https://user:hunter2TOKEN@git.example/deploy.git\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.place.as_deref(), Some("source.url"));
+        assert!(e.message.contains("tokenFile"), "{e}");
+        assert!(!e.to_string().contains("hunter2TOKEN"), "{e}");
+        // A user name alone (ssh) is not a credential.
+        parse("apiVersion: pailot.dev/v1\nkind: DaemonConfig\nsource:\n  url: ssh://git@git.example/deploy.git\n").unwrap();
+    }
+
+    #[test]
+    fn helper_limits_and_gates_have_defaults_and_are_checked() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.helpers, crate::daemon::helper::Limits::default());
+        assert!(!c.reconcile.allow_over_budget);
+        assert_eq!(c.reconcile.rollback, Rollback::None);
+        let c = parse(&format!(
+            "{MINIMAL}helpers:\n  timeout: 30s\n  memory: 512Mi\nreconcile:\n  rollback: onHealthFailure\n  allowOverBudget: true\n"
+        ))
+        .unwrap();
+        assert_eq!(c.helpers.time, Duration::from_secs(30));
+        assert_eq!(c.helpers.memory, 512 << 20);
+        assert_eq!(c.reconcile.rollback, Rollback::OnHealthFailure);
+        assert!(c.reconcile.allow_over_budget);
+        let e = parse(&format!("{MINIMAL}helpers:\n  memory: lots\n")).unwrap_err();
+        assert_eq!(e.place.as_deref(), Some("helpers.memory"), "{e}");
     }
 
     #[test]

@@ -13,42 +13,29 @@ use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::runtime::watcher;
 use tokio::sync::mpsc;
 
-use super::reconcile::{Desired, DriftRecord, Trigger};
+use super::reconcile::{DriftRecord, Trigger};
+use crate::apply::plan::Plan;
 use crate::apply::{Action, ApplyReport, Server};
 use crate::inventory::GroupKind;
 use crate::manifest::ObjectId;
+use crate::manifest::RenderedSet;
 
-/// Field-level drift records from a dry-run apply report (objects that would be configured or re-created).
-pub fn records(report: &ApplyReport, desired: &Desired) -> Vec<DriftRecord> {
-    records_with(report, |id, pointer| provenance_of(desired, id, pointer))
-}
-
-/// The `(object, pointer)` pairs whose provenance `records_with` asks for.
-pub fn provenance_wanted(report: &ApplyReport) -> Vec<(ObjectId, String)> {
-    report
-        .objects
-        .iter()
-        .filter(|o| o.action == Action::Configured)
-        .flat_map(|o| {
-            o.changes
-                .iter()
-                .filter(|c| !is_bookkeeping(&c.path))
-                .map(|c| (o.id.clone(), c.path.clone()))
-        })
-        .collect()
-}
-
-/// `records`, with the provenance line of a field from `provenance(object, pointer)`.
-pub fn records_with(
-    report: &ApplyReport,
-    provenance: impl Fn(&ObjectId, &str) -> Option<String>,
-) -> Vec<DriftRecord> {
+/// Field-level drift records from a dry-run apply report of `plan` (objects that would be configured or
+/// re-created). Only fields the plan sets count: what the API server changes by itself in the dry run
+/// (the DaemonSet controller's `deprecated.daemonset.template.generation`, status) is not drift.
+pub fn records(report: &ApplyReport, plan: &Plan) -> Vec<DriftRecord> {
+    let desired: std::collections::HashMap<&ObjectId, &serde_json::Value> =
+        plan.all_objects().map(|o| (&o.id, &o.object)).collect();
     let mut out = Vec::new();
     for o in &report.objects {
         match o.action {
             Action::Configured => {
                 for c in &o.changes {
-                    if is_bookkeeping(&c.path) {
+                    if is_bookkeeping(&c.path)
+                        || desired
+                            .get(&o.id)
+                            .is_some_and(|d| d.pointer(&c.path).is_none())
+                    {
                         continue;
                     }
                     out.push(DriftRecord {
@@ -58,7 +45,7 @@ pub fn records_with(
                         desired: c.desired.clone().unwrap_or(serde_json::Value::Null),
                         live: c.live.clone().unwrap_or(serde_json::Value::Null),
                         manager: (!c.other_managers.is_empty()).then(|| c.other_managers.join(",")),
-                        provenance: provenance(&o.id, &c.path),
+                        provenance: None,
                     });
                 }
             }
@@ -77,6 +64,33 @@ pub fn records_with(
     out
 }
 
+/// The `(object, pointer)` pairs of `records` whose provenance is worth a render (fields, not missing objects).
+pub fn provenance_wanted(records: &[DriftRecord]) -> Vec<(ObjectId, String)> {
+    records
+        .iter()
+        .filter(|r| !r.pointer.is_empty())
+        .filter_map(|r| Some((parse_object(&r.object)?, r.pointer.clone())))
+        .collect()
+}
+
+/// `Kind/ns/name` or `Kind/name` back into the identity fields provenance lookups use. The group and
+/// version are not in the display form; provenance is keyed by display name.
+fn parse_object(display: &str) -> Option<ObjectId> {
+    let parts: Vec<&str> = display.split('/').collect();
+    let (kind, namespace, name) = match parts.as_slice() {
+        [k, ns, n] => (*k, Some(ns.to_string()), *n),
+        [k, n] => (*k, None, *n),
+        _ => return None,
+    };
+    Some(ObjectId {
+        group: String::new(),
+        version: String::new(),
+        kind: kind.to_string(),
+        namespace,
+        name: name.to_string(),
+    })
+}
+
 /// Fields the server maintains that a dry-run comparison may show but no one "drifted".
 fn is_bookkeeping(pointer: &str) -> bool {
     pointer.starts_with("/metadata/managedFields")
@@ -85,11 +99,15 @@ fn is_bookkeeping(pointer: &str) -> bool {
         || pointer.starts_with("/status")
 }
 
-/// Where the desired value at `pointer` came from: the last step of its provenance chain
-/// (which includes steps on parent pointers), as one line.
-pub fn provenance_of(desired: &Desired, id: &ObjectId, pointer: &str) -> Option<String> {
-    let obj = &desired.set.objects.get(id)?.object;
-    let chain = desired.set.provenance.chain(id, obj, pointer);
+/// Where the desired value at `pointer` of the object shown as `id` came from: the last step of its
+/// provenance chain (which includes steps on parent pointers), as one line. `id` is matched by kind,
+/// namespace and name (what a drift record names).
+pub fn provenance_of(set: &RenderedSet, id: &ObjectId, pointer: &str) -> Option<String> {
+    let (full, ro) = set
+        .objects
+        .iter()
+        .find(|(k, _)| k.kind == id.kind && k.namespace == id.namespace && k.name == id.name)?;
+    let chain = set.provenance.chain(full, &ro.object, pointer);
     let step = chain.last()?;
     Some(format!("{} {}", step.origin.step_kind(), step.origin))
 }
@@ -126,16 +144,10 @@ pub fn changed_by_someone_else(meta: &ObjectMeta) -> bool {
     }
 }
 
-/// Group kinds of the desired objects (what to watch).
-pub fn group_kinds(desired: &Desired) -> BTreeSet<GroupKind> {
-    desired
-        .set
-        .objects
-        .keys()
-        .map(|id| GroupKind {
-            group: id.group.clone(),
-            kind: id.kind.clone(),
-        })
+/// Group kinds of a plan's objects (what to watch).
+pub fn group_kinds(plan: &Plan) -> BTreeSet<GroupKind> {
+    plan.applied_objects()
+        .map(|o| GroupKind::of(&o.id))
         .collect()
 }
 
@@ -270,17 +282,19 @@ mod tests {
     }
 
     #[test]
-    fn scaled_deployment_gives_a_record_with_manager_and_provenance() {
-        let mut desired = Desired::default();
-        desired.set.objects.insert(
+    fn scaled_deployment_gives_a_record_with_manager_and_provenance_and_server_fields_are_not_drift()
+     {
+        let mut set = RenderedSet::default();
+        set.objects.insert(
             web(),
             crate::manifest::RenderedObject {
                 chart: "web".into(),
                 template: "charts/web/templates/web.yaml".into(),
-                object: json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 1}}),
+                object: json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": "web", "namespace": "default"}, "spec": {"replicas": 1}}),
             },
         );
-        desired.set.provenance.objects.insert(
+        set.provenance.objects.insert(
             web(),
             FieldHistory::from_origins(BTreeMap::from([(
                 "/spec/replicas".to_string(),
@@ -292,44 +306,51 @@ mod tests {
                 },
             )])),
         );
+        let plan = Plan::new(
+            &set,
+            &crate::inventory::Inventory::for_cluster("t", "default"),
+        )
+        .unwrap();
+        let change = |path: &str, live, desired| FieldChange {
+            path: path.into(),
+            live: Some(live),
+            desired: Some(desired),
+            other_managers: vec!["kubectl".into()],
+        };
         let report = ApplyReport {
             objects: vec![ObjectReport {
                 object: web().to_string(),
                 id: web(),
                 chart: "web".into(),
-                stage: "charts",
+                step: crate::apply::Step::Workloads,
                 action: Action::Configured,
                 reason: None,
-                changes: vec![FieldChange {
-                    path: "/spec/replicas".into(),
-                    live: Some(json!(3)),
-                    desired: Some(json!(1)),
-                    other_managers: vec!["kubectl".into()],
-                }],
-                transient: false,
+                failure: None,
+                changes: vec![
+                    change("/spec/replicas", json!(3), json!(1)),
+                    // Written by the API server in the dry run; the plan does not set it.
+                    change(
+                        "/metadata/annotations/deprecated.daemonset.template.generation",
+                        json!("1"),
+                        json!("2"),
+                    ),
+                ],
             }],
             ..Default::default()
         };
-        assert_eq!(
-            provenance_wanted(&report),
-            vec![(web(), "/spec/replicas".to_string())]
-        );
-        let elsewhere = records_with(&report, |id, p| Some(format!("{id} {p}")));
-        assert_eq!(
-            elsewhere[0].provenance.as_deref(),
-            Some(format!("{} /spec/replicas", web()).as_str())
-        );
-        let r = records(&report, &desired);
-        assert_eq!(r.len(), 1);
+        let r = records(&report, &plan);
+        assert_eq!(r.len(), 1, "{r:?}");
         assert_eq!(r[0].pointer, "/spec/replicas");
         assert_eq!(r[0].manager.as_deref(), Some("kubectl"));
         assert_eq!(
-            r[0].provenance.as_deref(),
-            Some("values charts/web/values.yaml key replicas via charts/web/templates/web.yaml:7")
-        );
-        assert_eq!(
             (r[0].live.clone(), r[0].desired.clone()),
             (json!(3), json!(1))
+        );
+        let wanted = provenance_wanted(&r);
+        assert_eq!(wanted.len(), 1);
+        assert_eq!(
+            provenance_of(&set, &wanted[0].0, &wanted[0].1).as_deref(),
+            Some("values charts/web/values.yaml key replicas via charts/web/templates/web.yaml:7")
         );
     }
 }

@@ -1,35 +1,50 @@
-//! The reconcile loop: the only place that chains fetch → render → apply → wait healthy, as an explicit state machine.
+//! The reconcile loop: the only place that chains fetch → render → plan → apply (with health), as an explicit state machine.
 //!
 //! ```text
-//!            trigger (coalesced)                      ok                 ok               ok (or wait off)
-//!   Idle ───────────────────────▶ Fetching ─────▶ Rendering ─────▶ Applying ─────▶ WaitingHealthy ─────▶ Idle
-//!    ▲  ▲ drift (correct): re-apply ────────────────────────────────────┘ ▲                                │
-//!    │  └── same commit as applied / as refused ◀── Fetching              │                                │
-//!    │                                                                    │                                │
-//!    └──── terminal failure (await a new commit) ◀── any stage ── transient failure ──▶ Backoff ──(timer)──┘─▶ Fetching
+//!            trigger (coalesced)                ok                 ok (not empty, fits)       ok
+//!   Idle ───────────────────────▶ Fetching ─────────▶ Rendering ───────────────────▶ Applying ─────▶ Idle
+//!    ▲  ▲ drift (correct): re-apply the applied plan ──────────────────────────────────▶ │
+//!    │  └── same commit as applied / as refused ◀── Fetching                            │ newer commit
+//!    │                                                                                   ▼ (supersedes)
+//!    │                                                 Rendering(newer) ◀────── stop the apply, health wait
+//!    └──── terminal failure (await a new commit) ◀── any stage ── transient failure ──▶ Backoff ──(timer)──▶ Fetching
+//!                                                                         newer commit ──▶ Rendering
 //! ```
 //!
-//! Every stage error is a `StageError`: one bounded `Reason` (a metrics label), one log line, and
-//! the next wake-up (`Next::Requeue` with exponential backoff, or `Next::AwaitChange`). Failure
-//! bookkeeping happens once, in `Reconciler::fail`.
+//! Every stage result is typed: `Revision`, `Rendered`, a `Plan` the loop builds itself, the engine's
+//! `ApplyReport`, and on failure a [`Failure`] (stage, reason word, message) made where it happened.
+//! Failure bookkeeping happens once, in `Reconciler::fail`: metrics, one log line, `/status`, and the
+//! next step, which `Reason::next` decides (retry with backoff, or wait for a new commit). Status goes
+//! out through [`StatusTx`] as it changes; nothing polls it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::config::{DriftMode, ReconcileConfig};
+use super::config::{DriftMode, ReconcileConfig, Rollback};
 use super::source::git::Revision;
-use super::state::{PersistedState, unix_now};
-use crate::diag::InputError;
-use crate::manifest::{ObjectId, RenderedObject, RenderedSet};
+use super::state::PersistedState;
+use super::status::{self, LastReconcile, Outcome, Phase, StatusError, StatusTx};
+use crate::apply::plan::Plan;
+use crate::apply::progress::{ChartState, Progress};
+use crate::apply::{ApplyReport, Stop};
+use crate::clock::unix_now_f64;
+use crate::cluster::Cluster;
+use crate::failure::{Failure, Next, Reason, Stage};
+use crate::inventory::Inventory;
+use crate::manifest::ObjectId;
+use crate::metrics::{FetchResult, Metrics, PruneBlockedReason, ReconcileResult};
+use crate::render::Rendered;
 
 /// Why a reconcile was asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Trigger {
     /// Daemon start (forces a re-apply of the current revision: an earlier run may have stopped mid-apply).
@@ -63,187 +78,21 @@ impl Trigger {
             Trigger::Activated => "activated",
         }
     }
-}
 
-/// A pipeline stage (the `stage` metrics label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Stage {
-    Fetch,
-    Verify,
-    Render,
-    Apply,
-    Wait,
-    Drift,
-}
-
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Fetch => "fetch",
-            Stage::Verify => "verify",
-            Stage::Render => "render",
-            Stage::Apply => "apply",
-            Stage::Wait => "wait",
-            Stage::Drift => "drift",
-        }
+    /// Triggers that may carry a new revision (worth a fetch while an apply or a backoff is under way).
+    pub fn may_carry_a_revision(self) -> bool {
+        matches!(self, Trigger::Watch | Trigger::Poll | Trigger::Webhook)
     }
 }
 
-/// The bounded reason of a failure (the `reason` metrics label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    /// The git remote could not be reached.
-    SourceUnreachable,
-    /// The configured branch/tag/commit does not exist.
-    RefNotFound,
-    /// Verification is on and the commit is not signed.
-    UnsignedCommit,
-    /// Verification is on and the signature is not from an allowed signer.
-    UntrustedSignature,
-    /// A chart, overlay, cluster file or patch is invalid (the error names file and place).
-    InvalidInput,
-    /// The Kubernetes API could not be reached or timed out.
-    ApiUnreachable,
-    /// The API refused an object (validation, admission, conflict).
-    Rejected,
-    /// Pruning was refused (mass-prune threshold, empty render).
-    PruneBlocked,
-    /// Charts did not become healthy within the timeout.
-    HealthTimeout,
-    /// Shutdown interrupted the stage.
-    Interrupted,
-    /// Anything else (local I/O, a bug).
-    Internal,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::SourceUnreachable => "source_unreachable",
-            Reason::RefNotFound => "ref_not_found",
-            Reason::UnsignedCommit => "unsigned_commit",
-            Reason::UntrustedSignature => "untrusted_signature",
-            Reason::InvalidInput => "invalid_input",
-            Reason::ApiUnreachable => "api_unreachable",
-            Reason::Rejected => "rejected",
-            Reason::PruneBlocked => "prune_blocked",
-            Reason::HealthTimeout => "health_timeout",
-            Reason::Interrupted => "interrupted",
-            Reason::Internal => "internal",
-        }
-    }
-
-    /// Retry later (transient) or wait for a new commit (terminal): decided here and nowhere else.
-    pub fn next(self) -> Next {
-        match self {
-            Reason::SourceUnreachable
-            | Reason::ApiUnreachable
-            | Reason::HealthTimeout
-            | Reason::Internal
-            | Reason::Interrupted => Next::Requeue,
-            Reason::RefNotFound
-            | Reason::UnsignedCommit
-            | Reason::UntrustedSignature
-            | Reason::InvalidInput
-            | Reason::Rejected
-            | Reason::PruneBlocked => Next::AwaitChange,
-        }
-    }
-}
-
-/// What happens after a failure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Next {
-    /// Try again after an exponential backoff.
-    Requeue,
-    /// Keep the last applied revision running; try again when the ref moves (or on SIGHUP).
-    AwaitChange,
-}
-
-/// A failure of one stage, tagged once where it happens and handled once in `Reconciler::fail`.
-#[derive(Clone, Debug, PartialEq, Serialize, thiserror::Error)]
-#[serde(rename_all = "camelCase")]
-#[error("{} failed ({}): {message}", stage.as_str(), reason.as_str())]
-pub struct StageError {
-    pub stage: Stage,
-    pub reason: Reason,
-    /// One line, no secret values.
-    pub message: String,
-    /// The input error (file, line/column, place, object) when the user's input is at fault.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub input: Option<InputError>,
-}
-
-impl StageError {
-    pub fn new(stage: Stage, reason: Reason, message: impl Into<String>) -> Self {
-        StageError {
-            stage,
-            reason,
-            message: message.into(),
-            input: None,
-        }
-    }
-    /// A render failure caused by the user's input.
-    pub fn input(stage: Stage, err: InputError) -> Self {
-        StageError {
-            stage,
-            reason: Reason::InvalidInput,
-            message: err.to_string(),
-            input: Some(err),
-        }
-    }
-}
-
-/// Counts of one apply (the ChangeSet vocabulary) and the resulting inventory.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ApplySummary {
-    pub created: usize,
-    pub configured: usize,
-    pub unchanged: usize,
-    pub deleted: usize,
-    pub skipped: usize,
-    /// Objects now in the inventory.
-    pub inventory: Vec<ObjectId>,
-}
-
-/// How an apply ended, when it did not fail.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ApplyOutcome {
-    /// Everything applied (and pruned): the revision is applied.
-    Applied(ApplySummary),
-    /// A stop request ended the apply between objects: the revision is NOT applied. `inventory`: every
-    /// object that is (or may be) in the ApplySet now; `None` when the applier could not tell.
-    Stopped { inventory: Option<Vec<ObjectId>> },
-}
-
-/// A failed apply, with the ApplySet's members when the applier knows them (what it wrote before failing).
-#[derive(Clone, Debug, PartialEq)]
-pub struct ApplyFailure {
-    pub error: StageError,
-    pub inventory: Option<Vec<ObjectId>>,
-}
-
-impl From<StageError> for ApplyFailure {
-    fn from(error: StageError) -> Self {
-        ApplyFailure {
-            error,
-            inventory: None,
-        }
-    }
-}
-
-/// One field that differs from the desired state.
+/// One field that differs from the applied revision (values masked for Secrets; logged, not shown in `/status`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DriftRecord {
     /// `Kind/namespace/name`.
     pub object: String,
     pub chart: String,
-    /// JSON pointer of the field.
+    /// JSON pointer of the field (empty when the object is missing).
     pub pointer: String,
     pub desired: serde_json::Value,
     /// Live value (`null` when the field is missing).
@@ -256,203 +105,47 @@ pub struct DriftRecord {
     pub provenance: Option<String>,
 }
 
-/// What one render produced: the objects, and the ApplySet inventory they belong to.
-#[derive(Clone, Debug, Default)]
-pub struct Desired {
-    pub set: RenderedSet,
-    /// Cluster name (names the ApplySet parent `applyset-<cluster>`).
-    pub cluster: String,
-    /// Namespace of the ApplySet parent.
-    pub namespace: String,
-}
-
-/// The last applied set as the daemon keeps it between reconciles: each object as compact JSON
-/// (about a third of the memory of its `Value` tree), thawed for a drift check. Field provenance
-/// is not kept (the daemon renders without it and re-renders for drift records).
-#[derive(Debug)]
-struct FrozenDesired {
-    objects: Vec<(ObjectId, String, String, Box<[u8]>)>,
-    charts: Vec<crate::manifest::ChartInfo>,
-    cluster: String,
-    namespace: String,
-}
-
-impl FrozenDesired {
-    fn freeze(d: &Desired) -> Self {
-        FrozenDesired {
-            objects: d
-                .set
-                .objects
-                .iter()
-                .map(|(id, ro)| {
-                    let json = serde_json::to_vec(&ro.object).unwrap_or_default();
-                    (
-                        id.clone(),
-                        ro.chart.clone(),
-                        ro.template.clone(),
-                        json.into(),
-                    )
-                })
-                .collect(),
-            charts: d.set.charts.clone(),
-            cluster: d.cluster.clone(),
-            namespace: d.namespace.clone(),
-        }
-    }
-
-    fn thaw(&self) -> Desired {
-        let objects = self
-            .objects
-            .iter()
-            .map(|(id, chart, template, json)| {
-                let object = serde_json::from_slice(json).unwrap_or(serde_json::Value::Null);
-                (
-                    id.clone(),
-                    RenderedObject {
-                        chart: chart.clone(),
-                        template: template.clone(),
-                        object,
-                    },
-                )
-            })
-            .collect();
-        Desired {
-            set: RenderedSet {
-                objects,
-                charts: self.charts.clone(),
-                provenance: Default::default(),
-            },
-            cluster: self.cluster.clone(),
-            namespace: self.namespace.clone(),
-        }
-    }
-}
-
 /// Produces revisions (the git source in production).
 pub trait Source: Send + Sync + 'static {
-    fn fetch(&self) -> impl Future<Output = Result<Revision, StageError>> + Send;
+    /// Fetch and check out the ref; the checkouts of `pinned` commits are kept.
+    fn fetch(&self, pinned: &[String]) -> impl Future<Output = Result<Revision, Failure>> + Send;
 }
 
-/// Turns a checked-out revision into a RenderedSet.
+/// Turns a checked-out revision into a rendered set (in a bounded helper process in production).
 pub trait Renderer: Send + Sync + 'static {
-    fn render(
+    fn render(&self, revision: &Revision)
+    -> impl Future<Output = Result<Rendered, Failure>> + Send;
+    /// Where each `(object, pointer)` of `revision`'s render got its value (a render with provenance).
+    fn provenance(
         &self,
         revision: &Revision,
-    ) -> impl Future<Output = Result<Desired, StageError>> + Send;
+        fields: Vec<(ObjectId, String)>,
+    ) -> impl Future<Output = Result<Vec<Option<String>>, Failure>> + Send;
 }
 
-/// Applies a RenderedSet to the cluster and inspects it.
+/// Applies plans to the cluster and compares it with them.
 pub trait Applier: Send + Sync + 'static {
-    /// Apply `set` (plan, SSA, prune); once `stop` is true, let the objects in flight finish, start no
-    /// other, and return `ApplyOutcome::Stopped`.
+    /// The inventory of `cluster` (found where the rule puts it, or adopted where an earlier version left it).
+    fn inventory(
+        &self,
+        cluster: &Cluster,
+    ) -> impl Future<Output = Result<Inventory, Failure>> + Send;
+    /// Apply `plan` (SSA, prune, health per chart). Once `stop` is requested, the objects in flight
+    /// finish, nothing new starts, and the report says `stopped`. `Err`: nothing could be done at all.
     fn apply(
         &self,
-        desired: &Desired,
-        revision: &str,
-        stop: watch::Receiver<bool>,
-    ) -> impl Future<Output = Result<ApplyOutcome, ApplyFailure>> + Send;
-    /// Wait until every chart is healthy or `timeout` passes; returns readiness per chart.
-    fn wait_healthy(
-        &self,
-        desired: &Desired,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<BTreeMap<String, bool>, StageError>> + Send;
-    /// Compare the live objects with `set`, field by field.
+        plan: &Plan,
+        inventory: &Inventory,
+        stop: Stop,
+        progress: &Progress,
+    ) -> impl Future<Output = Result<ApplyReport, Failure>> + Send;
+    /// Dry-run `plan` against the live objects (the drift check).
     fn drift(
         &self,
-        desired: &Desired,
-    ) -> impl Future<Output = Result<Vec<DriftRecord>, StageError>> + Send;
+        plan: &Plan,
+        inventory: &Inventory,
+    ) -> impl Future<Output = Result<ApplyReport, Failure>> + Send;
 }
-
-/// Where the reconciler reports numbers (implemented by `crate::metrics::Metrics`; no-ops by default).
-pub trait Telemetry: Send + Sync + 'static {
-    fn record_reconcile(&self, _result: &str, _duration: Duration) {}
-    fn record_failure(&self, _stage: Stage, _reason: Reason) {}
-    fn set_revision(&self, _revision: &str) {}
-    fn record_apply(&self, _action: &str, _n: usize) {}
-    fn set_inventory(&self, _n: usize) {}
-    fn set_chart_ready(&self, _chart: &str, _ready: bool) {}
-    fn set_drifted(&self, _chart: &str, _n: usize) {}
-    fn inc_drift(&self, _chart: &str) {}
-    fn record_fetch(&self, _result: &str, _duration: Duration) {}
-    fn last_success_now(&self) {}
-}
-
-/// Telemetry that records nothing.
-pub struct NoTelemetry;
-impl Telemetry for NoTelemetry {}
-
-/// The loop's current state, as shown in `/status`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Phase {
-    /// Waiting for a trigger (or for leadership / bootstrap).
-    #[default]
-    Idle,
-    /// Fetching and verifying the ref.
-    Fetching,
-    /// Rendering charts + overlays of the fetched revision.
-    Rendering,
-    /// Applying the RenderedSet (plan, SSA, prune).
-    Applying,
-    /// Waiting for charts to become healthy.
-    WaitingHealthy,
-    /// Waiting before retrying a transient failure.
-    Backoff,
-}
-
-/// Result of the last reconcile, for `/status`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LastResult {
-    /// `success`, `failure`, or `stopped` (shutdown during the apply; the revision was not applied).
-    pub result: String,
-    /// What started this reconcile.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub trigger: Option<Trigger>,
-    pub revision: Option<String>,
-    /// Unix time it finished.
-    pub at: u64,
-    pub duration_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<StageError>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next: Option<Next>,
-}
-
-/// What `/status` shows about the reconciler.
-#[derive(Clone, Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ReconcileStatus {
-    pub phase: Phase,
-    /// Revision currently applied.
-    pub revision: Option<String>,
-    /// Revision last fetched.
-    pub fetched_revision: Option<String>,
-    pub last: Option<LastResult>,
-    pub summary: Option<ApplySummary>,
-    /// Readiness per chart after the last apply.
-    pub charts: BTreeMap<String, bool>,
-    /// Objects rendered per chart in the applied revision.
-    pub chart_objects: BTreeMap<String, u64>,
-    /// Fields found drifted in the last check.
-    pub drift: Vec<DriftRecord>,
-    /// Unix time of the last drift check.
-    pub drift_checked_at: Option<u64>,
-    /// Seconds until the next scheduled wake-up (backoff or drift sweep).
-    pub next_wakeup_in_s: Option<u64>,
-    /// Consecutive transient failures.
-    pub backoff_attempt: u32,
-    /// False while waiting for leadership or a bootstrap record.
-    pub active: bool,
-    /// True after the first successful reconcile (drives `/readyz` and READY=1).
-    pub ready: bool,
-    /// Triggers received, by kind (`watch`, `poll`, `webhook`, `drift`, `reload`), coalesced ones included.
-    pub triggers: BTreeMap<Trigger, u64>,
-}
-
-/// Shared, lock-protected status (the HTTP server reads it).
-pub type SharedStatus = Arc<Mutex<ReconcileStatus>>;
 
 /// First retry delay.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -465,9 +158,108 @@ pub fn backoff_delay(attempt: u32) -> Duration {
     BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_MAX)
 }
 
+/// The time of the loop's latest progress (a state change, a chart's state change, a trigger handled),
+/// for the systemd watchdog: a loop that stops making progress stops feeding it.
+#[derive(Debug, Default)]
+pub struct Heartbeat {
+    /// Milliseconds since `epoch`.
+    at_ms: AtomicU64,
+    epoch: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl Heartbeat {
+    fn epoch(&self) -> std::time::Instant {
+        *self.epoch.get_or_init(std::time::Instant::now)
+    }
+
+    /// Progress now.
+    pub fn beat(&self) {
+        let ms = self.epoch().elapsed().as_millis() as u64;
+        self.at_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the latest progress.
+    pub fn age(&self) -> Duration {
+        let now = self.epoch().elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.at_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// A plan kept between reconciles: each object as compact JSON (about a third of the memory of its
+/// `Value` tree), thawed for a drift check or a rollback.
+#[derive(Debug)]
+struct FrozenPlan {
+    /// Identity, chart, template, JSON.
+    objects: Vec<(ObjectId, String, String, Box<[u8]>)>,
+    /// The render's charts, in dependency order.
+    charts: Vec<crate::manifest::ChartInfo>,
+}
+
+impl FrozenPlan {
+    fn freeze(plan: &Plan, charts: &[crate::manifest::ChartInfo]) -> Self {
+        FrozenPlan {
+            objects: plan
+                .all_objects()
+                .map(|o| {
+                    let json = serde_json::to_vec(&o.object).unwrap_or_default();
+                    (
+                        o.id.clone(),
+                        o.chart.clone(),
+                        o.template.clone(),
+                        json.into(),
+                    )
+                })
+                .collect(),
+            charts: charts.to_vec(),
+        }
+    }
+
+    fn thaw(&self) -> Plan {
+        Plan::from_objects(
+            self.objects.iter().map(|(id, chart, template, json)| {
+                crate::apply::plan::PlannedObject {
+                    id: id.clone(),
+                    chart: chart.clone(),
+                    template: template.clone(),
+                    object: serde_json::from_slice(json).unwrap_or(serde_json::Value::Null),
+                }
+            }),
+            &self.charts,
+        )
+    }
+}
+
+/// A revision as applied: what a drift check compares against, and what a rollback re-applies.
+#[derive(Debug)]
+struct Applied {
+    revision: Revision,
+    plan: FrozenPlan,
+    inventory: Inventory,
+}
+
+/// What one apply is for.
+#[derive(Debug)]
+enum ApplyKind {
+    /// A fetched commit.
+    Commit,
+    /// The applied revision again, after drift was found (correct mode).
+    DriftFix,
+    /// The last healthy revision again, after `failed` (a health failure) with `rollback: onHealthFailure`.
+    Rollback { failed: Failure, from: String },
+}
+
+/// One apply to do.
+struct ApplyJob {
+    revision: Revision,
+    plan: Arc<Plan>,
+    charts: Vec<crate::manifest::ChartInfo>,
+    inventory: Inventory,
+    kind: ApplyKind,
+}
+
 /// The states of the loop, with the data each one carries.
 enum State {
-    /// Waiting for a trigger; `pending` remembers one that arrived while inactive.
+    /// Waiting for a trigger.
     Idle,
     /// `force`: apply even if the revision is already applied (startup, reload, backoff retry).
     Fetching {
@@ -477,45 +269,60 @@ enum State {
     Rendering {
         revision: Revision,
     },
-    Applying {
-        revision: String,
-        set: Arc<Desired>,
-        started: Instant,
-        drift_fix: bool,
-    },
-    WaitingHealthy {
-        revision: String,
-        set: Arc<Desired>,
-        summary: ApplySummary,
-        started: Instant,
-    },
+    Applying(ApplyJob),
     Backoff {
         until: Instant,
     },
     Stopped,
 }
 
-/// What the reconciler needs, apart from its inputs: state directory, status, telemetry, events.
+/// What the reconciler needs, apart from its inputs: state directory, status, metrics.
 pub struct Reconciler<S, R, A> {
     pub source: S,
     pub renderer: R,
     pub applier: A,
-    pub telemetry: Arc<dyn Telemetry>,
-    pub status: SharedStatus,
+    pub metrics: Arc<Metrics>,
+    pub status: StatusTx,
     /// Reconcile settings; replaced on SIGHUP.
     pub settings: watch::Receiver<ReconcileConfig>,
     /// `true` while this daemon may apply (leader and bootstrapped).
     pub active: watch::Receiver<bool>,
     /// Where `state.json` lives; `None` in tests that do not persist.
-    pub state_dir: Option<std::path::PathBuf>,
-    /// Called after the first successful reconcile (systemd READY=1).
-    pub on_ready: Option<Box<dyn FnOnce() + Send>>,
+    pub state_dir: Option<PathBuf>,
+    /// Fed at every step of progress (the watchdog reads it).
+    pub heartbeat: Arc<Heartbeat>,
+    /// Called once, after the first reconcile ends (success or not): systemd READY=1.
+    pub on_first_reconcile: std::sync::Mutex<Option<Box<dyn FnOnce(Outcome) + Send>>>,
+}
+
+/// The reconcile in progress: what started it, and when.
+#[derive(Clone, Debug)]
+struct Cycle {
+    start: Instant,
+    started_at: f64,
+    trigger: Trigger,
+    /// The revision it is about, once known.
+    revision: Option<Revision>,
+}
+
+impl Cycle {
+    fn new(trigger: Trigger) -> Self {
+        Cycle {
+            start: Instant::now(),
+            started_at: unix_now_f64(),
+            trigger,
+            revision: None,
+        }
+    }
 }
 
 /// Bookkeeping that outlives a single pass through the states.
 struct Memory {
     persisted: PersistedState,
-    last_set: Option<(String, Arc<FrozenDesired>)>,
+    /// The revision applied last (drift checks compare against it).
+    applied: Option<Arc<Applied>>,
+    /// The last revision whose charts all became healthy (a rollback re-applies it).
+    healthy: Option<Arc<Applied>>,
     attempt: u32,
     pending: bool,
     /// `active` as last seen (a change to true forces a reconcile; a repeated true does not).
@@ -523,17 +330,19 @@ struct Memory {
     /// The gate's sender was dropped (stop polling it).
     gate_gone: bool,
     next_drift: Instant,
-    cycle_start: Instant,
-    /// What started the current reconcile.
-    cycle_trigger: Trigger,
+    cycle: Cycle,
+    /// A reload arrived during an apply: fetch with force once it is done.
+    reload_pending: bool,
+    /// The first reconcile has ended.
+    reported_first: bool,
 }
 
 impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
     /// Run until `stop` becomes true; returns the persisted state as last written.
     ///
     /// Flow: start in `Fetching { force: true }` (finish whatever a previous run left), then follow
-    /// the state machine above. Caveat: a stop request lets the current stage finish (the applier
-    /// stops after the object in flight), writes `state.json`, and returns.
+    /// the state machine above. Caveat: a stop request ends a fetch or render at once (the helper is
+    /// killed), lets an apply finish the objects in flight, writes `state.json`, and returns.
     pub async fn run(
         mut self,
         mut triggers: mpsc::Receiver<Trigger>,
@@ -546,21 +355,23 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             }),
             None => PersistedState::default(),
         };
-        {
-            let mut st = self.status.lock().unwrap();
+        self.status.update(|st| {
             st.revision = persisted.last_applied_revision.clone();
-        }
+            st.failed_revision = persisted.last_failed_revision.clone();
+        });
         let drift_interval = self.settings.borrow().drift_interval;
         let mut mem = Memory {
             persisted,
-            last_set: None,
+            applied: None,
+            healthy: None,
             attempt: 0,
             pending: false,
             was_active: *self.active.borrow_and_update(),
             gate_gone: false,
             next_drift: Instant::now() + drift_interval,
-            cycle_start: Instant::now(),
-            cycle_trigger: Trigger::Startup,
+            cycle: Cycle::new(Trigger::Startup),
+            reload_pending: false,
+            reported_first: false,
         };
         let mut state = State::Fetching {
             force: true,
@@ -574,31 +385,24 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             state = match state {
                 State::Stopped => break,
                 State::Idle => self.idle(&mut mem, &mut triggers, &mut stop).await,
-                State::Fetching { force, trigger } => self.fetching(&mut mem, force, trigger).await,
-                State::Rendering { revision } => self.rendering(&mut mem, revision).await,
-                State::Applying {
-                    revision,
-                    set,
-                    started,
-                    drift_fix,
-                } => {
-                    self.applying(&mut mem, revision, set, started, drift_fix, stop.clone())
-                        .await
+                State::Fetching { force, trigger } => {
+                    tokio::select! {
+                        s = self.fetching(&mut mem, force, trigger) => s,
+                        _ = stopped(&mut stop) => State::Stopped,
+                    }
                 }
-                State::WaitingHealthy {
-                    revision,
-                    set,
-                    summary,
-                    started,
-                } => {
-                    self.waiting_healthy(&mut mem, revision, set, summary, started)
-                        .await
+                State::Rendering { revision } => {
+                    tokio::select! {
+                        s = self.rendering(&mut mem, revision) => s,
+                        _ = stopped(&mut stop) => State::Stopped,
+                    }
+                }
+                State::Applying(job) => {
+                    self.applying(&mut mem, job, &mut triggers, &mut stop).await
                 }
                 State::Backoff { until } => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(until) => State::Fetching { force: true, trigger: Trigger::Retry },
-                        _ = stop.changed() => State::Stopped,
-                    }
+                    self.backoff(&mut mem, until, &mut triggers, &mut stop)
+                        .await
                 }
             };
         }
@@ -607,12 +411,12 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
     }
 
     fn set_phase(&self, state: &State, mem: &Memory) {
+        self.heartbeat.beat();
         let phase = match state {
             State::Idle | State::Stopped => Phase::Idle,
             State::Fetching { .. } => Phase::Fetching,
             State::Rendering { .. } => Phase::Rendering,
-            State::Applying { .. } => Phase::Applying,
-            State::WaitingHealthy { .. } => Phase::WaitingHealthy,
+            State::Applying(_) => Phase::Applying,
             State::Backoff { .. } => Phase::Backoff,
         };
         let now = Instant::now();
@@ -621,16 +425,22 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             State::Idle => Some(mem.next_drift),
             _ => None,
         };
-        let mut st = self.status.lock().unwrap();
-        st.phase = phase;
-        st.backoff_attempt = mem.attempt;
-        st.next_wakeup_in_s = wake.map(|w| w.saturating_duration_since(now).as_secs());
-        st.active = *self.active.borrow();
+        let active = *self.active.borrow();
+        let attempt = mem.attempt;
+        self.status.update(|st| {
+            if st.phase != Some(phase) {
+                st.phase = Some(phase);
+                st.phase_since = Some(unix_now_f64());
+            }
+            st.backoff_attempt = attempt;
+            st.next_wakeup = wake.map(|w| unix_now_f64() + (w - now.min(w)).as_secs_f64());
+            st.active = active;
+        });
     }
 
     /// Idle: wait for a trigger, the drift sweep timer, a change of `active`, or stop.
     async fn idle(
-        &mut self,
+        &self,
         mem: &mut Memory,
         triggers: &mut mpsc::Receiver<Trigger>,
         stop: &mut watch::Receiver<bool>,
@@ -642,16 +452,24 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
                 trigger: Trigger::Activated,
             };
         }
+        if mem.reload_pending {
+            mem.reload_pending = false;
+            return State::Fetching {
+                force: true,
+                trigger: Trigger::Reload,
+            };
+        }
+        let mut active = self.active.clone();
         tokio::select! {
             biased;
             _ = stop.changed() => State::Stopped,
-            changed = self.active.changed(), if !mem.gate_gone => {
+            changed = active.changed(), if !mem.gate_gone => {
                 if changed.is_err() {
                     // The gate's owner is gone: the last value stays; keep serving triggers.
                     mem.gate_gone = true;
                     return State::Idle;
                 }
-                let now = *self.active.borrow_and_update();
+                let now = *active.borrow_and_update();
                 let became_active = now && !mem.was_active;
                 mem.was_active = now;
                 if became_active {
@@ -693,95 +511,58 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
     }
 
     fn count_trigger(&self, t: Trigger) {
-        *self.status.lock().unwrap().triggers.entry(t).or_default() += 1;
+        self.heartbeat.beat();
+        self.status.update(|st| {
+            *st.source
+                .get_or_insert_with(Default::default)
+                .triggers
+                .entry(t.as_str().to_string())
+                .or_default() += 1;
+        });
     }
 
-    /// Compare the live objects with the last applied set; correct or report.
-    async fn check_drift(&mut self, mem: &mut Memory) -> State {
-        let (interval, mode) = {
-            let s = self.settings.borrow();
-            (s.drift_interval, s.drift_mode)
-        };
-        mem.next_drift = Instant::now() + interval;
-        let Some((revision, frozen)) = mem.last_set.clone() else {
-            return State::Idle;
-        };
-        let set = Arc::new(frozen.thaw());
-        let records = match self.applier.drift(&set).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.telemetry.record_failure(e.stage, e.reason);
-                tracing::warn!(
-                    stage = e.stage.as_str(),
-                    reason = e.reason.as_str(),
-                    "drift check failed: {}",
-                    e.message
-                );
-                return State::Idle;
-            }
-        };
-        let mut per_chart: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
-        for c in &set.set.charts {
-            per_chart.entry(c.name.as_str()).or_default();
-        }
-        for r in &records {
-            per_chart
-                .entry(r.chart.as_str())
-                .or_default()
-                .insert(r.object.as_str());
-            tracing::warn!(
-                object = %r.object, chart = %r.chart, pointer = %r.pointer,
-                desired = %r.desired, live = %r.live,
-                manager = r.manager.as_deref().unwrap_or("-"),
-                provenance = r.provenance.as_deref().unwrap_or("-"),
-                mode = if mode == DriftMode::Correct { "correct" } else { "warn" },
-                "drift"
-            );
-        }
-        for (chart, objects) in &per_chart {
-            self.telemetry.set_drifted(chart, objects.len());
-            for _ in objects {
-                self.telemetry.inc_drift(chart);
-            }
-        }
-        let drifted = !records.is_empty();
-        {
-            let mut st = self.status.lock().unwrap();
-            st.drift = records;
-            st.drift_checked_at = Some(unix_now());
-        }
-        if drifted && mode == DriftMode::Correct {
-            mem.cycle_start = Instant::now();
-            mem.cycle_trigger = Trigger::Drift;
-            State::Applying {
-                revision,
-                set,
-                started: Instant::now(),
-                drift_fix: true,
-            }
-        } else {
-            State::Idle
-        }
+    /// The commits whose checkouts must stay: the applied one (its provenance) and the healthy one.
+    fn pinned(mem: &Memory) -> Vec<String> {
+        [&mem.applied, &mem.healthy]
+            .into_iter()
+            .flatten()
+            .map(|a| a.revision.commit.clone())
+            .collect()
     }
 
-    async fn fetching(&mut self, mem: &mut Memory, force: bool, trigger: Trigger) -> State {
+    /// Fetch, counting the fetch metric.
+    async fn fetch(&self, mem: &Memory) -> Result<Revision, Failure> {
+        let started = Instant::now();
+        let result = self.source.fetch(&Self::pinned(mem)).await;
+        self.metrics.record_fetch(
+            if result.is_ok() {
+                FetchResult::Success
+            } else {
+                FetchResult::Failure
+            },
+            started.elapsed(),
+        );
+        if let Ok(r) = &result {
+            let commit = r.commit.clone();
+            self.status.update(|st| {
+                st.source
+                    .get_or_insert_with(Default::default)
+                    .fetched_revision = Some(commit)
+            });
+        }
+        result
+    }
+
+    async fn fetching(&self, mem: &mut Memory, force: bool, trigger: Trigger) -> State {
         if !*self.active.borrow() {
             mem.pending = true;
             return State::Idle;
         }
-        mem.cycle_start = Instant::now();
-        mem.cycle_trigger = trigger;
-        let started = Instant::now();
-        let result = self.source.fetch().await;
-        self.telemetry.record_fetch(
-            if result.is_ok() { "success" } else { "failure" },
-            started.elapsed(),
-        );
-        let revision = match result {
+        mem.cycle = Cycle::new(trigger);
+        let revision = match self.fetch(mem).await {
             Ok(r) => r,
-            Err(e) => return self.fail(mem, None, e),
+            Err(e) => return self.fail(mem, e),
         };
-        self.status.lock().unwrap().fetched_revision = Some(revision.commit.clone());
         let commit = Some(&revision.commit);
         if !force && mem.persisted.last_applied_revision.as_ref() == commit {
             mem.attempt = 0;
@@ -794,193 +575,565 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
         State::Rendering { revision }
     }
 
-    async fn rendering(&mut self, mem: &mut Memory, revision: Revision) -> State {
-        match self.renderer.render(&revision).await {
-            Ok(set) => {
-                mem.persisted.last_good_revision = Some(revision.commit.clone());
-                State::Applying {
-                    revision: revision.commit,
-                    set: Arc::new(set),
-                    started: mem.cycle_start,
-                    drift_fix: false,
+    async fn rendering(&self, mem: &mut Memory, revision: Revision) -> State {
+        mem.cycle.revision = Some(revision.clone());
+        let rendered = match self.renderer.render(&revision).await {
+            Ok(r) => r,
+            Err(e) => return self.fail(mem, e),
+        };
+        if let Err(e) = self.gate(&rendered) {
+            return self.fail(mem, e);
+        }
+        mem.persisted.last_good_revision = Some(revision.commit.clone());
+        let inventory = match self.applier.inventory(&rendered.cluster).await {
+            Ok(i) => i,
+            Err(e) => return self.fail(mem, e),
+        };
+        let plan = match Plan::new(&rendered.set, &inventory) {
+            Ok(p) => p,
+            Err(e) => {
+                return self.fail(
+                    mem,
+                    Failure::new(Stage::Plan, Reason::InvalidInput, e.to_string()),
+                );
+            }
+        };
+        // Every chart of the render starts out pending, with its object count.
+        let mut objects: BTreeMap<String, u64> = BTreeMap::new();
+        for o in rendered.set.objects.values() {
+            *objects.entry(o.chart.clone()).or_default() += 1;
+        }
+        self.status.update(|st| {
+            st.charts = rendered
+                .set
+                .charts
+                .iter()
+                .map(|c| {
+                    let old = st.charts.get(&c.name);
+                    (
+                        c.name.clone(),
+                        status::ChartStatus {
+                            result: "pending".into(),
+                            ready: false,
+                            objects: objects.get(&c.name).copied().unwrap_or(0),
+                            drifted: old.map_or(0, |o| o.drifted),
+                            message: None,
+                        },
+                    )
+                })
+                .collect();
+        });
+        State::Applying(ApplyJob {
+            revision,
+            plan: Arc::new(plan),
+            charts: rendered.set.charts,
+            inventory,
+            kind: ApplyKind::Commit,
+        })
+    }
+
+    /// What a render must pass before it may be applied: not empty (it would unmanage everything), and
+    /// within the machines' capacity (unless allowed).
+    fn gate(&self, rendered: &Rendered) -> Result<(), Failure> {
+        if rendered.set.objects.is_empty() {
+            return Err(Failure::new(
+                Stage::Plan,
+                Reason::EmptyRender,
+                format!(
+                    "the render of cluster {:?} holds no object (check its overlays and their chart selection); \
+                     applying it would leave every object unmanaged",
+                    rendered.cluster.name
+                ),
+            ));
+        }
+        if !self.settings.borrow().allow_over_budget {
+            let budget = crate::budget::compute(&rendered.cluster, &rendered.set);
+            if let Some(over) = budget.over_summary(3) {
+                return Err(Failure::new(
+                    Stage::Plan,
+                    Reason::OverBudget,
+                    format!(
+                        "the render does not fit the machines ({}); lower the requests in an overlay, or set reconcile.allowOverBudget",
+                        over.replace('\n', "; ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply `job`; meanwhile, a trigger that carries a newer commit stops the apply (and its health
+    /// wait) so the newer commit is rendered at once; SIGTERM stops it between objects.
+    async fn applying(
+        &self,
+        mem: &mut Memory,
+        job: ApplyJob,
+        triggers: &mut mpsc::Receiver<Trigger>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> State {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let progress = self.progress();
+        let supersedable = matches!(job.kind, ApplyKind::Commit | ApplyKind::DriftFix);
+        let mut newer: Option<Revision> = None;
+        let mut shutdown = false;
+        let report = {
+            let apply = self.applier.apply(
+                &job.plan,
+                &job.inventory,
+                Stop::from_watch(stop_rx),
+                &progress,
+            );
+            tokio::pin!(apply);
+            let mut fetch: Option<std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>>> = None;
+            loop {
+                tokio::select! {
+                    r = &mut apply => break r,
+                    _ = stopped(stop), if !shutdown => {
+                        shutdown = true;
+                        tracing::info!(revision = %job.revision.commit, "stop requested during apply; the objects in flight finish, no other starts");
+                        let _ = stop_tx.send(true);
+                    }
+                    t = triggers.recv(), if fetch.is_none() && newer.is_none() && !shutdown => {
+                        let Some(t) = t else { continue };
+                        self.count_trigger(t);
+                        if t == Trigger::Reload {
+                            mem.reload_pending = true;
+                        } else if t.may_carry_a_revision() && supersedable {
+                            fetch = Some(Box::pin(self.fetch_pinned(Self::pinned(mem))));
+                        }
+                    }
+                    r = async { fetch.as_mut().expect("guarded").await }, if fetch.is_some() => {
+                        fetch = None;
+                        if let Ok(rev) = r
+                            && rev.commit != job.revision.commit
+                            && mem.persisted.last_failed_revision.as_ref() != Some(&rev.commit)
+                        {
+                            tracing::info!(applying = %job.revision.commit, newer = %rev.commit, "a newer commit arrived: the apply and its health wait stop for it");
+                            newer = Some(rev);
+                            let _ = stop_tx.send(true);
+                        }
+                    }
                 }
             }
-            Err(e) => self.fail(mem, Some(revision.commit), e),
+        };
+        let report = match report {
+            Ok(r) => r,
+            Err(e) => return self.fail(mem, e),
+        };
+        if report.stopped {
+            self.record_members(mem, &job, &report);
+            return match newer {
+                Some(rev) if !shutdown => {
+                    self.finish(mem, Outcome::Superseded, None);
+                    mem.attempt = 0;
+                    State::Rendering { revision: rev }
+                }
+                _ => {
+                    tracing::info!(
+                        revision = %job.revision.commit,
+                        kept = mem.persisted.last_applied_revision.as_deref().unwrap_or("-"),
+                        "apply stopped between objects; the revision is not marked applied"
+                    );
+                    self.finish(mem, Outcome::Stopped, None);
+                    State::Stopped
+                }
+            };
+        }
+        self.status.update(|st| {
+            for c in &report.charts {
+                let e = st.charts.entry(c.name.clone()).or_default();
+                e.result = chart_result(c.state).into();
+                e.ready = matches!(c.state, ChartState::Healthy | ChartState::Applied);
+                e.message = c.message.clone();
+            }
+        });
+        let ready: BTreeMap<String, bool> = job
+            .charts
+            .iter()
+            .map(|c| {
+                let ok = report.charts.iter().any(|r| {
+                    r.name == c.name && matches!(r.state, ChartState::Healthy | ChartState::Applied)
+                }) || !report.charts.iter().any(|r| r.name == c.name);
+                (c.name.clone(), ok)
+            })
+            .collect();
+        self.metrics.set_charts(&ready);
+        self.metrics.record_apply(&report.counts);
+        self.record_members(mem, &job, &report);
+        if let Some(failure) = Failure::from_report(&report) {
+            if failure.reason == Reason::PruneBlocked {
+                self.metrics
+                    .inc_prune_blocked(PruneBlockedReason::MassPruneThreshold);
+            }
+            let failure = if failure.reason == Reason::PruneBlocked {
+                Failure {
+                    message: format!(
+                        "{}; nothing was pruned (raise reconcile.massPruneThreshold, or delete them with `pailot apply --prune --allow-mass-prune` once `pailot diff` is checked)",
+                        failure.message
+                    ),
+                    ..failure
+                }
+            } else {
+                failure
+            };
+            return self.after_failed_apply(mem, job, failure);
+        }
+        self.applied(mem, job, &ready)
+    }
+
+    /// Fetch for the supersede check (the pins are computed before the apply starts).
+    async fn fetch_pinned(&self, pinned: Vec<String>) -> Result<Revision, Failure> {
+        let started = Instant::now();
+        let r = self.source.fetch(&pinned).await;
+        self.metrics.record_fetch(
+            if r.is_ok() {
+                FetchResult::Success
+            } else {
+                FetchResult::Failure
+            },
+            started.elapsed(),
+        );
+        r
+    }
+
+    /// Keep the state file's copy of the ApplySet members in step with what the apply wrote.
+    fn record_members(&self, mem: &mut Memory, job: &ApplyJob, report: &ApplyReport) {
+        let members = report.members.clone().unwrap_or_else(|| {
+            // Not known (stopped before the members were listed): everything that may exist now.
+            let mut all: BTreeSet<ObjectId> = mem.persisted.inventory.iter().cloned().collect();
+            all.extend(job.plan.all_objects().map(|o| o.id.clone()));
+            all.into_iter().collect()
+        });
+        self.metrics.set_inventory(members.len() as u64);
+        if members != mem.persisted.inventory {
+            mem.persisted.inventory = members;
+            self.persist(mem);
         }
     }
 
-    async fn applying(
-        &mut self,
-        mem: &mut Memory,
-        revision: String,
-        set: Arc<Desired>,
-        started: Instant,
-        drift_fix: bool,
-        stop: watch::Receiver<bool>,
-    ) -> State {
-        match self.applier.apply(&set, &revision, stop).await {
-            Ok(ApplyOutcome::Stopped { inventory }) => {
-                // Not applied in full: the applied revision stays where it was (the next start re-applies
-                // this one), but the inventory copy lists everything that may now exist, so nothing is orphaned.
-                let inventory = inventory.unwrap_or_else(|| {
-                    let mut all: std::collections::BTreeSet<ObjectId> =
-                        mem.persisted.inventory.iter().cloned().collect();
-                    all.extend(set.set.objects.keys().cloned());
-                    all.into_iter().collect()
-                });
-                tracing::info!(
-                    revision = %revision,
-                    kept = mem.persisted.last_applied_revision.as_deref().unwrap_or("-"),
-                    inventory = inventory.len(),
-                    "apply stopped between objects; the revision is not marked applied"
-                );
-                mem.persisted.inventory = inventory;
+    /// The apply of `job` failed: fail the reconcile, or roll back to the last healthy revision.
+    fn after_failed_apply(&self, mem: &mut Memory, job: ApplyJob, failure: Failure) -> State {
+        let rollback = self.settings.borrow().rollback == Rollback::OnHealthFailure;
+        let target = mem.healthy.clone();
+        match (&job.kind, target) {
+            (ApplyKind::Commit, Some(h))
+                if rollback
+                    && failure.reason == Reason::Unhealthy
+                    && h.revision.commit != job.revision.commit =>
+            {
+                tracing::warn!(failed = %job.revision.commit, to = %h.revision.commit, "health failure: rolling back to the last healthy revision");
+                self.metrics.inc_rollbacks();
+                // The failed commit is refused until the ref moves; its failure stays reported.
+                self.report_failure(mem, &failure, Next::AwaitChange);
+                mem.persisted.last_failed_revision = Some(job.revision.commit.clone());
                 self.persist(mem);
-                self.status.lock().unwrap().last = Some(LastResult {
-                    result: "stopped".into(),
-                    trigger: Some(mem.cycle_trigger),
-                    revision: Some(revision),
-                    at: unix_now(),
-                    duration_ms: started.elapsed().as_millis() as u64,
-                    error: None,
-                    next: None,
-                });
-                State::Stopped
+                let plan = h.plan.thaw();
+                State::Applying(ApplyJob {
+                    revision: h.revision.clone(),
+                    plan: Arc::new(plan),
+                    charts: h.plan.charts.clone(),
+                    inventory: h.inventory.clone(),
+                    kind: ApplyKind::Rollback {
+                        failed: failure,
+                        from: job.revision.commit,
+                    },
+                })
             }
-            Err(ApplyFailure { error, inventory }) => {
-                if let Some(inventory) = inventory
-                    && inventory != mem.persisted.inventory
-                {
-                    // What the failed apply wrote before failing is in the ApplySet: keep the copy in step.
-                    mem.persisted.inventory = inventory;
-                    self.persist(mem);
-                }
-                self.fail(mem, Some(revision), error)
-            }
-            Ok(ApplyOutcome::Applied(summary)) => {
-                for (action, n) in [
-                    ("created", summary.created),
-                    ("configured", summary.configured),
-                    ("unchanged", summary.unchanged),
-                    ("deleted", summary.deleted),
-                    ("skipped", summary.skipped),
-                ] {
-                    self.telemetry.record_apply(action, n);
-                }
-                self.telemetry.set_inventory(summary.inventory.len());
-                mem.persisted.last_applied_revision = Some(revision.clone());
+            _ => self.fail(mem, failure),
+        }
+    }
+
+    /// The apply of `job` succeeded (every chart applied, and healthy when waiting).
+    fn applied(&self, mem: &mut Memory, job: ApplyJob, ready: &BTreeMap<String, bool>) -> State {
+        let revision = job.revision.commit.clone();
+        let applied = Arc::new(Applied {
+            plan: FrozenPlan::freeze(&job.plan, &job.charts),
+            revision: job.revision.clone(),
+            inventory: job.inventory.clone(),
+        });
+        if ready.values().all(|r| *r) {
+            mem.healthy = Some(applied.clone());
+        }
+        mem.applied = Some(applied);
+        mem.persisted.last_applied_revision = Some(revision.clone());
+        self.metrics.set_revision(&revision);
+        mem.attempt = 0;
+        let drift_fix = matches!(job.kind, ApplyKind::DriftFix);
+        // A drift correction while a newer commit stays refused keeps that failure reported: the
+        // cluster matches the last good revision, not git.
+        let still_refused = drift_fix && mem.persisted.last_failed_revision.is_some();
+        let rolled_back = match job.kind {
+            ApplyKind::Rollback { failed, from } => Some((failed, from)),
+            ApplyKind::Commit => {
                 mem.persisted.last_failed_revision = None;
-                mem.persisted.inventory = summary.inventory.clone();
-                mem.last_set = Some((revision.clone(), Arc::new(FrozenDesired::freeze(&set))));
-                self.persist(mem);
-                {
-                    let mut st = self.status.lock().unwrap();
+                None
+            }
+            ApplyKind::DriftFix => None,
+        };
+        if let Err(e) = self.try_persist(mem) {
+            self.status
+                .update(|st| st.revision = Some(revision.clone()));
+            return self.fail(mem, e);
+        }
+        match rolled_back {
+            Some((failed, from)) => {
+                // Still failing (the commit from git is not running): keep reporting it.
+                tracing::warn!(revision = %revision, failed = %from, "rolled back: the last healthy revision runs again; the failed commit is refused until the ref moves");
+                self.status.update(|st| {
                     st.revision = Some(revision.clone());
-                    st.summary = Some(summary.clone());
+                    st.failed_revision = Some(from.clone());
+                    if let Some(last) = st.last_reconcile.as_mut() {
+                        last.rolled_back_to = Some(revision.clone());
+                    }
+                });
+                self.metrics.set_failing(&failed);
+                State::Idle
+            }
+            None if still_refused => {
+                tracing::info!(revision = %revision, refused = mem.persisted.last_failed_revision.as_deref().unwrap_or("-"), "drift corrected; the newer commit stays refused");
+                self.status.update(|st| {
+                    st.revision = Some(revision.clone());
+                    st.drift.clear();
+                });
+                State::Idle
+            }
+            None => {
+                let duration = mem.cycle.start.elapsed();
+                self.metrics
+                    .record_reconcile(ReconcileResult::Success, duration);
+                tracing::info!(revision = %revision, trigger = mem.cycle.trigger.as_str(), duration_ms = duration.as_millis() as u64, "reconciled");
+                self.status.update(|st| {
+                    st.revision = Some(revision.clone());
+                    st.failed_revision = None;
+                    st.errors.clear();
+                    st.ready = true;
                     if drift_fix {
                         st.drift.clear();
                     }
-                }
-                self.telemetry.set_revision(&revision);
-                State::WaitingHealthy {
-                    revision,
-                    set,
-                    summary,
-                    started,
-                }
+                });
+                self.finish(mem, Outcome::Success, None);
+                State::Idle
             }
         }
     }
 
-    async fn waiting_healthy(
-        &mut self,
+    /// Backoff: wait for the timer; a trigger that carries a newer commit ends it at once.
+    async fn backoff(
+        &self,
         mem: &mut Memory,
-        revision: String,
-        set: Arc<Desired>,
-        summary: ApplySummary,
-        started: Instant,
+        until: Instant,
+        triggers: &mut mpsc::Receiver<Trigger>,
+        stop: &mut watch::Receiver<bool>,
     ) -> State {
-        let (wait, timeout) = {
-            let s = self.settings.borrow();
-            (s.wait, s.timeout)
-        };
-        let charts = if wait {
-            match self.applier.wait_healthy(&set, timeout).await {
-                Ok(c) => c,
-                Err(e) => return self.fail(mem, Some(revision), e),
-            }
-        } else {
-            BTreeMap::new()
-        };
-        for (chart, ready) in &charts {
-            self.telemetry.set_chart_ready(chart, *ready);
-        }
-        let duration = started.elapsed();
-        self.telemetry.record_reconcile("success", duration);
-        self.telemetry.last_success_now();
-        mem.attempt = 0;
-        tracing::info!(
-            revision = %revision, created = summary.created, configured = summary.configured,
-            unchanged = summary.unchanged, deleted = summary.deleted, duration_ms = duration.as_millis() as u64,
-            "reconciled"
-        );
-        let first_ready = {
-            let mut chart_objects: BTreeMap<String, u64> = BTreeMap::new();
-            for o in set.set.objects.values() {
-                *chart_objects.entry(o.chart.clone()).or_default() += 1;
-            }
-            let mut st = self.status.lock().unwrap();
-            st.charts = charts;
-            st.chart_objects = chart_objects;
-            st.last = Some(LastResult {
-                result: "success".into(),
-                trigger: Some(mem.cycle_trigger),
-                revision: Some(revision),
-                at: unix_now(),
-                duration_ms: duration.as_millis() as u64,
-                error: None,
-                next: None,
-            });
-            let first = !st.ready;
-            st.ready = true;
-            first
-        };
-        if first_ready {
-            if let Some(f) = self.on_ready.take() {
-                f();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {
+                    return State::Fetching { force: true, trigger: Trigger::Retry };
+                }
+                _ = stopped(stop) => return State::Stopped,
+                t = triggers.recv() => {
+                    let Some(t) = t else { return State::Stopped };
+                    self.count_trigger(t);
+                    if t == Trigger::Reload {
+                        return State::Fetching { force: true, trigger: Trigger::Reload };
+                    }
+                    if !t.may_carry_a_revision() {
+                        continue;
+                    }
+                    let failed = mem.cycle.revision.as_ref().map(|r| r.commit.clone());
+                    match self.fetch(mem).await {
+                        Ok(rev) if Some(&rev.commit) != failed.as_ref()
+                            && mem.persisted.last_applied_revision.as_ref() != Some(&rev.commit) => {
+                            tracing::info!(newer = %rev.commit, "a newer commit arrived: backoff ended");
+                            mem.attempt = 0;
+                            mem.cycle = Cycle::new(t);
+                            return State::Rendering { revision: rev };
+                        }
+                        Ok(_) if failed.is_none() => {
+                            // The failure was the fetch itself, and it works now.
+                            return State::Fetching { force: true, trigger: t };
+                        }
+                        _ => {}
+                    }
+                }
             }
         }
-        State::Idle
     }
 
-    /// The one place a failure is handled: metrics, one log line, status, and the next wake-up.
-    fn fail(&mut self, mem: &mut Memory, revision: Option<String>, err: StageError) -> State {
-        let duration = mem.cycle_start.elapsed();
-        let next = if err.reason == Reason::Interrupted {
-            Next::Requeue
-        } else {
-            err.reason.next()
+    /// A Progress whose chart states go into `/status` as they happen (and the phase to `waiting`
+    /// once a chart waits for health).
+    fn progress(&self) -> Progress {
+        let status = self.status.clone();
+        let heartbeat = self.heartbeat.clone();
+        Progress::observed(Box::new(move |chart, state, note| {
+            heartbeat.beat();
+            status.update(|st| {
+                let c = st.charts.entry(chart.to_string()).or_default();
+                c.result = chart_result(state).into();
+                c.ready = matches!(state, ChartState::Healthy | ChartState::Applied);
+                c.message = (!note.is_empty()).then(|| note.to_string());
+                if state == ChartState::WaitingHealthy && st.phase != Some(Phase::Waiting) {
+                    st.phase = Some(Phase::Waiting);
+                    st.phase_since = Some(unix_now_f64());
+                }
+            });
+        }))
+    }
+
+    /// Compare the live objects with the applied revision; correct or report.
+    async fn check_drift(&self, mem: &mut Memory) -> State {
+        let (interval, mode) = {
+            let s = self.settings.borrow();
+            (s.drift_interval, s.drift_mode)
         };
-        self.telemetry.record_failure(err.stage, err.reason);
-        self.telemetry.record_reconcile("failure", duration);
+        mem.next_drift = Instant::now() + interval;
+        let Some(applied) = mem.applied.clone() else {
+            return State::Idle;
+        };
+        let plan = applied.plan.thaw();
+        let report = match self.applier.drift(&plan, &applied.inventory).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.count_failure(Stage::Drift, e.reason);
+                tracing::warn!(
+                    stage = "drift",
+                    reason = e.reason.as_str(),
+                    "drift check failed: {}",
+                    e.message
+                );
+                return State::Idle;
+            }
+        };
+        let mut records = super::drift::records(&report, &plan);
+        let fields = super::drift::provenance_wanted(&records);
+        if !fields.is_empty() {
+            match self
+                .renderer
+                .provenance(&applied.revision, fields.clone())
+                .await
+            {
+                Ok(lines) => {
+                    let known: std::collections::HashMap<(String, String), Option<String>> = fields
+                        .into_iter()
+                        .map(|(id, p)| (id.to_string(), p))
+                        .zip(lines)
+                        .collect();
+                    for r in &mut records {
+                        if let Some(line) = known.get(&(r.object.clone(), r.pointer.clone())) {
+                            r.provenance = Some(line.clone().unwrap_or_else(|| {
+                                "unknown (the render cannot say where this value came from)".into()
+                            }));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "drift records without provenance: cannot render the applied revision again")
+                }
+            }
+        }
+        let mut per_chart: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+        for c in &applied.plan.charts {
+            per_chart.entry(c.name.clone()).or_default();
+        }
+        for r in &records {
+            per_chart
+                .entry(r.chart.clone())
+                .or_default()
+                .insert(r.object.as_str());
+            tracing::warn!(
+                object = %r.object, chart = %r.chart, pointer = %r.pointer,
+                desired = %r.desired, live = %r.live,
+                manager = r.manager.as_deref().unwrap_or("-"),
+                provenance = r.provenance.as_deref().unwrap_or("-"),
+                mode = if mode == DriftMode::Correct { "correct" } else { "warn" },
+                "drift"
+            );
+        }
+        for (chart, objects) in &per_chart {
+            self.metrics.set_drifted(chart, objects.len() as u64);
+            for _ in objects {
+                self.metrics.inc_drift(chart);
+            }
+        }
+        let drifted = !records.is_empty();
+        let correct = drifted && mode == DriftMode::Correct;
+        let at = unix_now_f64();
+        let counts: BTreeMap<String, u64> = per_chart
+            .iter()
+            .map(|(c, o)| (c.clone(), o.len() as u64))
+            .collect();
+        self.status.update(|st| {
+            st.drift = records
+                .iter()
+                .map(|r| status::DriftRecord {
+                    chart: r.chart.clone(),
+                    object: r.object.clone(),
+                    pointer: r.pointer.clone(),
+                    manager: r.manager.clone(),
+                    provenance: r.provenance.clone(),
+                    action: if correct { "corrected" } else { "reported" }.into(),
+                    detected_at: Some(at),
+                })
+                .collect();
+            st.drift_checked_at = Some(at);
+            for (chart, n) in &counts {
+                if let Some(c) = st.charts.get_mut(chart) {
+                    c.drifted = *n;
+                }
+            }
+        });
+        if !correct {
+            return State::Idle;
+        }
+        mem.cycle = Cycle::new(Trigger::Drift);
+        mem.cycle.revision = Some(applied.revision.clone());
+        State::Applying(ApplyJob {
+            revision: applied.revision.clone(),
+            plan: Arc::new(plan),
+            charts: applied.plan.charts.clone(),
+            inventory: applied.inventory.clone(),
+            kind: ApplyKind::DriftFix,
+        })
+    }
+
+    /// Metrics, one log line and `/status` for `failure`, without deciding what comes next.
+    fn report_failure(&self, mem: &mut Memory, f: &Failure, next: Next) {
+        let duration = mem.cycle.start.elapsed();
+        self.metrics.record_failure(f);
+        self.metrics
+            .record_reconcile(ReconcileResult::Failure, duration);
+        let revision = mem.cycle.revision.as_ref().map(|r| r.commit.clone());
         tracing::error!(
-            stage = err.stage.as_str(), reason = err.reason.as_str(),
+            stage = f.stage.as_str(), reason = f.reason.as_str(),
             revision = revision.as_deref().unwrap_or("-"),
             kept = mem.persisted.last_applied_revision.as_deref().unwrap_or("-"),
-            next = ?next, "reconcile failed: {}", err.message
+            next = ?next, "reconcile failed: {}", f.message
         );
-        {
-            let mut st = self.status.lock().unwrap();
-            st.last = Some(LastResult {
-                result: "failure".into(),
-                trigger: Some(mem.cycle_trigger),
-                revision: revision.clone(),
-                at: unix_now(),
-                duration_ms: duration.as_millis() as u64,
-                error: Some(err),
-                next: Some(next),
-            });
-        }
+        let failed_charts: BTreeSet<&String> = f.charts.iter().collect();
+        self.status.update(|st| {
+            st.errors = vec![StatusError::of(f)];
+            if revision.is_some() && revision != st.revision {
+                st.failed_revision = revision.clone();
+            }
+            for (name, c) in st.charts.iter_mut() {
+                if failed_charts.contains(name) {
+                    c.ready = false;
+                    if c.result != "blocked" {
+                        c.result = "failed".into();
+                    }
+                    if c.message.is_none() {
+                        c.message = Some(f.message.clone());
+                    }
+                }
+            }
+        });
+        self.finish(mem, Outcome::Failure, Some((f, next)));
+    }
+
+    /// The one place a failure is handled: report it, then back off or wait for a new commit.
+    fn fail(&self, mem: &mut Memory, f: Failure) -> State {
+        let next = f.next();
+        self.report_failure(mem, &f, next);
         match next {
             Next::Requeue => {
                 mem.attempt = mem.attempt.saturating_add(1);
@@ -990,8 +1143,8 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             }
             Next::AwaitChange => {
                 mem.attempt = 0;
-                if revision.is_some() {
-                    mem.persisted.last_failed_revision = revision;
+                if let Some(rev) = &mem.cycle.revision {
+                    mem.persisted.last_failed_revision = Some(rev.commit.clone());
                     self.persist(mem);
                 }
                 State::Idle
@@ -999,69 +1152,173 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
         }
     }
 
-    fn persist(&self, mem: &mut Memory) {
-        if let Some(dir) = &self.state_dir {
-            if let Err(e) = mem.persisted.save(dir) {
-                tracing::error!(error = %e, "failed to write state");
+    /// Record how the current reconcile ended in `/status` (and tell systemd after the first one).
+    fn finish(&self, mem: &mut Memory, outcome: Outcome, failure: Option<(&Failure, Next)>) {
+        let cycle = &mem.cycle;
+        let now = unix_now_f64();
+        let last = LastReconcile {
+            result: outcome.as_str().into(),
+            trigger: Some(cycle.trigger.as_str().into()),
+            revision: cycle.revision.as_ref().map(|r| r.commit.clone()),
+            subject: cycle.revision.as_ref().map(|r| r.summary.clone()),
+            started_at: Some(cycle.started_at),
+            finished_at: Some(now),
+            duration_seconds: Some(cycle.start.elapsed().as_secs_f64()),
+            stage: failure.map(|(f, _)| f.stage),
+            reason: failure.map(|(f, _)| f.reason),
+            next: failure.map(|(_, n)| n),
+            message: failure.map(|(f, _)| f.message.clone()),
+            rolled_back_to: None,
+        };
+        self.status.update(|st| st.last_reconcile = Some(last));
+        if !mem.reported_first && outcome != Outcome::Superseded {
+            mem.reported_first = true;
+            let first = self
+                .on_first_reconcile
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(f) = first {
+                f(outcome);
             }
+        }
+    }
+
+    fn persist(&self, mem: &mut Memory) {
+        if let Err(f) = self.try_persist(mem) {
+            self.metrics.count_failure(f.stage, f.reason);
+            tracing::error!(error = %f.message, "failed to write state");
+        }
+    }
+
+    /// Write `state.json`; a failure is a `state`/`local_io` failure (shown in `/status` until it works).
+    fn try_persist(&self, mem: &mut Memory) -> Result<(), Failure> {
+        let Some(dir) = &self.state_dir else {
+            return Ok(());
+        };
+        match mem.persisted.save(dir) {
+            Ok(()) => {
+                self.status.update(|st| st.state_error = None);
+                Ok(())
+            }
+            Err(e) => {
+                let text = e.to_string();
+                self.status.update(|st| st.state_error = Some(text.clone()));
+                Err(Failure::new(Stage::State, Reason::LocalIo, text))
+            }
+        }
+    }
+}
+
+/// The `/status` word of a chart state.
+fn chart_result(s: ChartState) -> &'static str {
+    match s {
+        ChartState::Waiting => "pending",
+        ChartState::Applying => "applying",
+        ChartState::Applied => "applied",
+        ChartState::WaitingHealthy => "waiting",
+        ChartState::Healthy => "healthy",
+        ChartState::Failed => "failed",
+        ChartState::Blocked => "blocked",
+        ChartState::Stopped => "stopped",
+    }
+}
+
+/// Completes once `stop` is true (never, if its sender is gone while false).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
 
-    #[test]
-    fn frozen_set_thaws_to_the_same_objects_and_charts() {
+    use serde_json::json;
+
+    use super::*;
+    use crate::apply::{Action, ChartReport, FailureKind, Step};
+    use crate::diag::InputError;
+    use crate::manifest::{ChartInfo, RenderedObject, RenderedSet};
+
+    fn cluster() -> Cluster {
+        serde_json::from_value(json!({"apiVersion": "pailot.dev/v1", "kind": "Cluster", "name": "t",
+            "machines": [{"name": "n1", "address": "10.0.0.1", "roles": ["k8s-master", "pai-master", "pai-worker"],
+                "capacity": {"memory": "16Gi", "cpu": "4"}}]}))
+        .unwrap()
+    }
+
+    /// A render of commit `c`: one ConfigMap of chart `web` (`empty*`: nothing; `huge*`: a 40Gi pod).
+    fn rendered(c: &str) -> Rendered {
         let mut set = RenderedSet::default();
-        for (name, v) in [
-            ("a", serde_json::json!({"x": [1, 2.5, "s"], "y": null})),
-            ("b", serde_json::json!({})),
-        ] {
-            let obj = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": name, "namespace": "ns"}, "data": v});
+        set.charts.push(ChartInfo {
+            name: "web".into(),
+            version: "0.1.0".into(),
+            depends_on: vec![],
+        });
+        if !c.starts_with("empty") {
+            let obj = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "web", "namespace": "default"}, "data": {"rev": c}});
             set.objects.insert(
                 ObjectId::of(&obj).unwrap(),
                 RenderedObject {
-                    chart: "c".into(),
-                    template: "charts/c/templates/t.yaml".into(),
+                    chart: "web".into(),
+                    template: "charts/web/templates/cm.yaml".into(),
                     object: obj,
                 },
             );
         }
-        let d = Desired {
+        if c.starts_with("huge") {
+            let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "zk", "namespace": "default"},
+                "spec": {"containers": [{"name": "zk", "image": "zk", "resources": {"requests": {"memory": "40Gi"}}}]}});
+            set.objects.insert(
+                ObjectId::of(&pod).unwrap(),
+                RenderedObject {
+                    chart: "web".into(),
+                    template: "charts/web/templates/zk.yaml".into(),
+                    object: pod,
+                },
+            );
+        }
+        Rendered {
+            cluster: cluster(),
             set,
-            cluster: "k".into(),
-            namespace: "kube-system".into(),
-        };
-        let back = FrozenDesired::freeze(&d).thaw();
-        assert_eq!(back.set.objects, d.set.objects);
-        assert_eq!(back.set.charts, d.set.charts);
-        assert_eq!((back.cluster, back.namespace), (d.cluster, d.namespace));
+        }
     }
-    use std::collections::VecDeque;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A scripted source: each fetch pops the next result (the last one repeats).
     #[derive(Clone, Default)]
     struct FakeSource(
-        Arc<Mutex<VecDeque<Result<&'static str, StageError>>>>,
+        Arc<Mutex<VecDeque<Result<&'static str, Failure>>>>,
         Arc<AtomicUsize>,
     );
     impl FakeSource {
-        fn new(script: Vec<Result<&'static str, StageError>>) -> Self {
+        fn new(script: Vec<Result<&'static str, Failure>>) -> Self {
             FakeSource(Arc::new(Mutex::new(script.into())), Arc::default())
         }
-        fn push(&self, r: Result<&'static str, StageError>) {
+        fn push(&self, r: Result<&'static str, Failure>) {
             self.0.lock().unwrap().push_back(r);
+        }
+        /// Make `r` the next (and repeating) answer.
+        fn set(&self, r: Result<&'static str, Failure>) {
+            let mut q = self.0.lock().unwrap();
+            q.clear();
+            q.push_back(r);
         }
         fn fetches(&self) -> usize {
             self.1.load(Ordering::SeqCst)
         }
     }
     impl Source for FakeSource {
-        async fn fetch(&self) -> Result<Revision, StageError> {
+        async fn fetch(&self, _pinned: &[String]) -> Result<Revision, Failure> {
             self.1.fetch_add(1, Ordering::SeqCst);
             let mut q = self.0.lock().unwrap();
             let r = if q.len() > 1 {
@@ -1073,97 +1330,143 @@ mod tests {
                 commit: c.to_string(),
                 checkout: c.into(),
                 root: c.into(),
-                summary: String::new(),
+                summary: format!("commit {c}"),
+                author: "A <a@x>".into(),
                 signer: None,
             })
         }
     }
 
-    /// Renders commit names starting with "bad" as an input error.
+    /// Renders commits starting with "bad" as an input error.
     struct FakeRenderer;
     impl Renderer for FakeRenderer {
-        async fn render(&self, revision: &Revision) -> Result<Desired, StageError> {
+        async fn render(&self, revision: &Revision) -> Result<Rendered, Failure> {
             if revision.commit.starts_with("bad") {
-                return Err(StageError::input(
+                return Err(Failure::input(
                     Stage::Render,
                     InputError::new("charts/web/templates/web.yaml", "invalid YAML").at(3, 7),
                 ));
             }
-            Ok(Desired::default())
+            Ok(rendered(&revision.commit))
         }
+        async fn provenance(
+            &self,
+            _r: &Revision,
+            fields: Vec<(ObjectId, String)>,
+        ) -> Result<Vec<Option<String>>, Failure> {
+            Ok(fields.iter().map(|_| Some("values x".into())).collect())
+        }
+    }
+
+    /// What a fake apply does: succeed, fail with a report failure, or stay unhealthy until stopped.
+    #[derive(Clone, Debug)]
+    enum Script {
+        Fail(FailureKind),
+        /// The health wait never ends (until a stop).
+        Hang,
     }
 
     #[derive(Clone, Default)]
     struct FakeApplier {
         applied: Arc<Mutex<Vec<String>>>,
-        fail_next: Arc<Mutex<VecDeque<StageError>>>,
-        drift: Arc<Mutex<Vec<DriftRecord>>>,
+        script: Arc<Mutex<VecDeque<Script>>>,
+        drift: Arc<Mutex<Vec<crate::apply::ObjectReport>>>,
         /// Simulated apply duration.
         delay: Duration,
     }
-    /// The object a fake apply of `revision` writes (a stopped one writes `<revision>-partial`).
-    fn object_of(revision: &str) -> ObjectId {
-        ObjectId {
-            group: String::new(),
-            version: "v1".into(),
-            kind: "ConfigMap".into(),
-            namespace: Some("default".into()),
-            name: revision.to_string(),
+    impl FakeApplier {
+        fn then(&self, s: Script) {
+            self.script.lock().unwrap().push_back(s);
         }
     }
+    fn rev_of(plan: &Plan) -> String {
+        plan.all_objects()
+            .find(|o| o.id.kind == "ConfigMap")
+            .map(|o| o.object["data"]["rev"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    }
     impl Applier for FakeApplier {
+        async fn inventory(&self, c: &Cluster) -> Result<Inventory, Failure> {
+            Ok(Inventory::of(c))
+        }
         async fn apply(
             &self,
-            _set: &Desired,
-            revision: &str,
-            mut stop: watch::Receiver<bool>,
-        ) -> Result<ApplyOutcome, ApplyFailure> {
+            plan: &Plan,
+            _inv: &Inventory,
+            stop: Stop,
+            _p: &Progress,
+        ) -> Result<ApplyReport, Failure> {
+            let rev = rev_of(plan);
+            let step = self.script.lock().unwrap().pop_front();
+            let stopped = ApplyReport {
+                stopped: true,
+                members: Some(vec![]),
+                ..Default::default()
+            };
             tokio::select! {
                 _ = tokio::time::sleep(self.delay) => {}
-                Ok(_) = stop.wait_for(|s| *s) => {
-                    return Ok(ApplyOutcome::Stopped {
-                        inventory: Some(vec![object_of(&format!("{revision}-partial"))]),
+                _ = stop.wait() => return Ok(stopped),
+            }
+            let mut report = ApplyReport {
+                members: Some(plan.all_objects().map(|o| o.id.clone()).collect()),
+                ..Default::default()
+            };
+            match step {
+                Some(Script::Hang) => {
+                    stop.wait().await;
+                    return Ok(stopped);
+                }
+                Some(Script::Fail(kind)) => {
+                    report.failures.push(crate::apply::Failure {
+                        step: if matches!(kind, FailureKind::HealthTimeout) {
+                            Step::Health
+                        } else {
+                            Step::Workloads
+                        },
+                        kind,
+                        object: Some("ConfigMap/default/web".into()),
+                        chart: Some("web".into()),
+                        message: format!("{kind:?}"),
+                    });
+                    report.charts.push(ChartReport {
+                        name: "web".into(),
+                        depends_on: vec![],
+                        state: ChartState::Failed,
+                        started_ms: None,
+                        finished_ms: None,
+                        healthy_ms: None,
+                        message: Some(format!("{kind:?}")),
+                    });
+                }
+                None => {
+                    self.applied.lock().unwrap().push(rev);
+                    report.counts.insert(Action::Created, 1);
+                    report.charts.push(ChartReport {
+                        name: "web".into(),
+                        depends_on: vec![],
+                        state: ChartState::Healthy,
+                        started_ms: None,
+                        finished_ms: None,
+                        healthy_ms: None,
+                        message: None,
                     });
                 }
             }
-            if let Some(e) = self.fail_next.lock().unwrap().pop_front() {
-                return Err(e.into());
-            }
-            self.applied.lock().unwrap().push(revision.to_string());
-            Ok(ApplyOutcome::Applied(ApplySummary {
-                created: 1,
-                inventory: vec![object_of(revision)],
+            Ok(report)
+        }
+        async fn drift(&self, _plan: &Plan, _inv: &Inventory) -> Result<ApplyReport, Failure> {
+            Ok(ApplyReport {
+                objects: std::mem::take(&mut *self.drift.lock().unwrap()),
                 ..Default::default()
-            }))
-        }
-        async fn wait_healthy(
-            &self,
-            _set: &Desired,
-            _t: Duration,
-        ) -> Result<BTreeMap<String, bool>, StageError> {
-            Ok(BTreeMap::from([("web".to_string(), true)]))
-        }
-        async fn drift(&self, _set: &Desired) -> Result<Vec<DriftRecord>, StageError> {
-            Ok(std::mem::take(&mut *self.drift.lock().unwrap()))
-        }
-    }
-
-    #[derive(Default)]
-    struct CountingTelemetry(Mutex<Vec<String>>);
-    impl Telemetry for CountingTelemetry {
-        fn record_failure(&self, stage: Stage, reason: Reason) {
-            self.0
-                .lock()
-                .unwrap()
-                .push(format!("{}/{}", stage.as_str(), reason.as_str()));
+            })
         }
     }
 
     struct Harness {
         source: FakeSource,
         applier: FakeApplier,
-        telemetry: Arc<CountingTelemetry>,
-        status: SharedStatus,
+        metrics: Arc<Metrics>,
+        status: StatusTx,
         triggers: mpsc::Sender<Trigger>,
         stop: watch::Sender<bool>,
         active: watch::Sender<bool>,
@@ -1172,31 +1475,41 @@ mod tests {
     }
 
     fn start(source: FakeSource, applier: FakeApplier, active: bool) -> Harness {
-        let telemetry = Arc::new(CountingTelemetry::default());
-        let status = SharedStatus::default();
+        start_with(source, applier, active, ReconcileConfig::default())
+    }
+
+    fn start_with(
+        source: FakeSource,
+        applier: FakeApplier,
+        active: bool,
+        settings: ReconcileConfig,
+    ) -> Harness {
+        let metrics = Arc::new(Metrics::new());
+        let (status, _) = StatusTx::new();
         let (ttx, trx) = mpsc::channel(16);
         let (stx, srx) = watch::channel(false);
         let (atx, arx) = watch::channel(active);
         let (cfg_tx, cfg_rx) = watch::channel(ReconcileConfig {
             drift_interval: Duration::from_secs(60),
-            ..Default::default()
+            ..settings
         });
         let r = Reconciler {
             source: source.clone(),
             renderer: FakeRenderer,
             applier: applier.clone(),
-            telemetry: telemetry.clone(),
+            metrics: metrics.clone(),
             status: status.clone(),
             settings: cfg_rx,
             active: arx,
             state_dir: None,
-            on_ready: None,
+            heartbeat: Arc::default(),
+            on_first_reconcile: std::sync::Mutex::new(None),
         };
         let task = tokio::spawn(r.run(trx, srx));
         Harness {
             source,
             applier,
-            telemetry,
+            metrics,
             status,
             triggers: ttx,
             stop: stx,
@@ -1210,6 +1523,23 @@ mod tests {
         fn applied(&self) -> Vec<String> {
             self.applier.applied.lock().unwrap().clone()
         }
+        fn st(&self) -> status::Status {
+            self.status.get()
+        }
+        fn failures(&self) -> Vec<String> {
+            let t = self.metrics.encode_openmetrics().unwrap();
+            t.lines()
+                .filter(|l| l.starts_with("pailot_reconcile_failures_total{") && !l.ends_with(" 0"))
+                .map(|l| l.to_string())
+                .collect()
+        }
+        fn failing(&self) -> Vec<String> {
+            let t = self.metrics.encode_openmetrics().unwrap();
+            t.lines()
+                .filter(|l| l.starts_with("pailot_reconcile_failing{"))
+                .map(|l| l.to_string())
+                .collect()
+        }
         async fn settle(&self) {
             // Let the loop run to its next wait point (paused time auto-advances only when idle).
             for _ in 0..50 {
@@ -1222,8 +1552,8 @@ mod tests {
         }
     }
 
-    fn api_down() -> StageError {
-        StageError::new(Stage::Apply, Reason::ApiUnreachable, "connection refused")
+    fn api_down() -> Script {
+        Script::Fail(FailureKind::Unreachable)
     }
 
     #[tokio::test(start_paused = true)]
@@ -1243,26 +1573,41 @@ mod tests {
             "same commit must not be re-applied"
         );
         assert_eq!(h.source.fetches(), 2);
-        assert!(h.status.lock().unwrap().ready);
+        assert!(h.st().ready);
         let state = h.finish().await;
         assert_eq!(state.last_applied_revision.as_deref(), Some("c1"));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn triggers_during_a_reconcile_coalesce_into_one() {
+    async fn triggers_during_an_apply_coalesce_into_one_reconcile_after_it() {
         let applier = FakeApplier {
             delay: Duration::from_secs(5),
             ..Default::default()
         };
-        let h = start(FakeSource::new(vec![Ok("c1"), Ok("c2")]), applier, true);
+        let h = start(FakeSource::new(vec![Ok("c1")]), applier, true);
         h.settle().await;
-        // Applying c1 takes 5 s; three triggers arrive meanwhile.
-        for t in [Trigger::Watch, Trigger::Webhook, Trigger::Poll] {
+        // Applying c1 takes 5 s; a reload and drift checks arrive meanwhile: one forced reconcile after it.
+        for t in [Trigger::Drift, Trigger::Reload, Trigger::Drift] {
             h.triggers.send(t).await.unwrap();
         }
         tokio::time::sleep(Duration::from_secs(20)).await;
-        assert_eq!(h.applied(), vec!["c1", "c2"]);
-        assert_eq!(h.source.fetches(), 2, "three queued triggers → one fetch");
+        assert_eq!(h.applied(), vec!["c1", "c1"]);
+        assert_eq!(h.source.fetches(), 2);
+        h.finish().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_trigger_during_an_apply_without_a_newer_commit_changes_nothing() {
+        let applier = FakeApplier {
+            delay: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let h = start(FakeSource::new(vec![Ok("c1")]), applier, true);
+        h.settle().await;
+        h.triggers.send(Trigger::Watch).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(h.applied(), vec!["c1"]);
+        assert_eq!(h.st().last_reconcile.unwrap().result, "success");
         h.finish().await;
     }
 
@@ -1270,21 +1615,28 @@ mod tests {
     async fn transient_failure_backs_off_exponentially_then_recovers() {
         let applier = FakeApplier::default();
         for _ in 0..3 {
-            applier.fail_next.lock().unwrap().push_back(api_down());
+            applier.then(api_down());
         }
         let start_at = Instant::now();
         let h = start(FakeSource::new(vec![Ok("c1")]), applier, true);
         h.settle().await;
         assert!(h.applied().is_empty());
-        assert_eq!(h.status.lock().unwrap().phase, Phase::Backoff);
+        assert_eq!(h.st().phase, Some(Phase::Backoff));
         // Retries at +1 s, +2 s, +4 s: success at 7 s, not before.
         tokio::time::sleep(Duration::from_millis(6900)).await;
         assert!(h.applied().is_empty(), "retried too early");
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(h.applied(), vec!["c1"]);
         assert!(start_at.elapsed() >= Duration::from_secs(7));
-        assert_eq!(h.telemetry.0.lock().unwrap().len(), 3);
-        assert_eq!(h.status.lock().unwrap().backoff_attempt, 0);
+        assert_eq!(
+            h.failures(),
+            vec!["pailot_reconcile_failures_total{stage=\"apply\",reason=\"api_unreachable\"} 3"]
+        );
+        assert!(
+            h.failing().is_empty(),
+            "a success clears the failing series"
+        );
+        assert_eq!(h.st().backoff_attempt, 0);
         h.finish().await;
     }
 
@@ -1303,21 +1655,25 @@ mod tests {
         h.triggers.send(Trigger::Watch).await.unwrap();
         h.settle().await;
         {
-            let st = h.status.lock().unwrap();
+            let st = h.st();
             assert_eq!(
                 st.revision.as_deref(),
                 Some("c1"),
                 "previous revision stays applied"
             );
-            let last = st.last.as_ref().unwrap();
-            let err = last.error.as_ref().unwrap();
+            assert_eq!(st.failed_revision.as_deref(), Some("bad2"));
+            let last = st.last_reconcile.as_ref().unwrap();
             assert_eq!(
-                (err.stage, err.reason),
-                (Stage::Render, Reason::InvalidInput)
+                (last.stage, last.reason),
+                (Some(Stage::Render), Some(Reason::InvalidInput))
             );
-            assert_eq!(err.input.as_ref().unwrap().line, Some(3));
+            assert_eq!(st.errors[0].line, Some(3));
             assert_eq!(last.next, Some(Next::AwaitChange));
-            assert_eq!(st.phase, Phase::Idle, "no backoff for terminal errors");
+            assert_eq!(
+                st.phase,
+                Some(Phase::Idle),
+                "no backoff for terminal errors"
+            );
         }
         // Polls of the same bad commit do not retry (no storm) — one failure recorded.
         for _ in 0..5 {
@@ -1325,8 +1681,8 @@ mod tests {
             h.settle().await;
         }
         assert_eq!(
-            h.telemetry.0.lock().unwrap().as_slice(),
-            ["render/invalid_input"]
+            h.failures(),
+            vec!["pailot_reconcile_failures_total{stage=\"render\",reason=\"invalid_input\"} 1"]
         );
         // The next good commit recovers.
         h.source.push(Ok("c3"));
@@ -1335,36 +1691,240 @@ mod tests {
         h.triggers.send(Trigger::Watch).await.unwrap();
         h.settle().await;
         assert_eq!(h.applied(), vec!["c1", "c3"]);
+        assert_eq!(h.st().failed_revision, None);
         let state = h.finish().await;
         assert_eq!(state.last_failed_revision, None);
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_empty_render_is_refused_and_drift_on_the_applied_revision_is_still_corrected() {
+        let applier = FakeApplier::default();
+        let h = start(
+            FakeSource::new(vec![Ok("c1"), Ok("empty2")]),
+            applier.clone(),
+            true,
+        );
+        h.settle().await;
+        h.triggers.send(Trigger::Watch).await.unwrap();
+        h.settle().await;
+        let st = h.st();
+        assert_eq!(st.revision.as_deref(), Some("c1"));
+        let last = st.last_reconcile.unwrap();
+        assert_eq!(
+            (last.stage, last.reason),
+            (Some(Stage::Plan), Some(Reason::EmptyRender))
+        );
+        assert_eq!(h.applied(), vec!["c1"], "the empty render is never applied");
+        // The applied revision's drift is still corrected.
+        applier.drift.lock().unwrap().push(configured_replicas());
+        h.triggers.send(Trigger::Drift).await.unwrap();
+        h.settle().await;
+        assert_eq!(h.applied(), vec!["c1", "c1"]);
+        let state = h.finish().await;
+        assert_eq!(state.last_applied_revision.as_deref(), Some("c1"));
+        assert_eq!(state.last_failed_revision.as_deref(), Some("empty2"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_over_budget_render_is_refused_naming_the_machine_and_the_container() {
+        let h = start(
+            FakeSource::new(vec![Ok("c1"), Ok("huge2")]),
+            FakeApplier::default(),
+            true,
+        );
+        h.settle().await;
+        h.triggers.send(Trigger::Watch).await.unwrap();
+        h.settle().await;
+        let last = h.st().last_reconcile.unwrap();
+        assert_eq!(last.reason, Some(Reason::OverBudget));
+        let msg = last.message.unwrap();
+        assert!(
+            msg.contains("machine n1") && msg.contains("Pod/default/zk zk 40.0 GiB"),
+            "{msg}"
+        );
+        assert_eq!(h.applied(), vec!["c1"]);
+        assert_eq!(
+            h.failing(),
+            vec!["pailot_reconcile_failing{stage=\"plan\",reason=\"over_budget\",chart=\"\"} 1"]
+        );
+        // Opting out applies it.
+        h.settings.send_modify(|s| s.allow_over_budget = true);
+        h.triggers.send(Trigger::Reload).await.unwrap();
+        h.settle().await;
+        assert_eq!(h.applied(), vec!["c1", "huge2"]);
+        h.finish().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_commit_ends_a_backoff_at_once() {
+        let applier = FakeApplier::default();
+        for _ in 0..10 {
+            applier.then(api_down());
+        }
+        let h = start(FakeSource::new(vec![Ok("c1")]), applier.clone(), true);
+        // Let the backoff grow past a minute.
+        tokio::time::sleep(Duration::from_secs(200)).await;
+        assert!(h.st().backoff_attempt >= 6, "{}", h.st().backoff_attempt);
+        applier.script.lock().unwrap().clear();
+        h.source.set(Ok("c2"));
+        let t = Instant::now();
+        h.triggers.send(Trigger::Watch).await.unwrap();
+        h.settle().await;
+        assert_eq!(h.applied(), vec!["c2"]);
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "waited {:?}",
+            t.elapsed()
+        );
+        h.finish().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_commit_ends_a_doomed_health_wait() {
+        let applier = FakeApplier::default();
+        applier.then(Script::Hang);
+        let h = start(FakeSource::new(vec![Ok("c1")]), applier.clone(), true);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(h.applied().is_empty());
+        h.source.set(Ok("c2"));
+        h.triggers.send(Trigger::Watch).await.unwrap();
+        h.settle().await;
+        assert_eq!(h.applied(), vec!["c2"]);
+        assert_eq!(h.st().revision.as_deref(), Some("c2"));
+        h.finish().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_health_failure_is_reported_as_the_failed_revision_and_its_charts() {
+        let applier = FakeApplier::default();
+        let h = start(
+            FakeSource::new(vec![Ok("c1"), Ok("c2")]),
+            applier.clone(),
+            true,
+        );
+        h.settle().await;
+        applier.then(Script::Fail(FailureKind::HealthTimeout));
+        h.triggers.send(Trigger::Watch).await.unwrap();
+        h.settle().await;
+        let st = h.st();
+        assert_eq!(st.failed_revision.as_deref(), Some("c2"));
+        let last = st.last_reconcile.clone().unwrap();
+        assert_eq!(
+            (last.stage, last.reason),
+            (Some(Stage::Wait), Some(Reason::Unhealthy))
+        );
+        assert_eq!(last.revision.as_deref(), Some("c2"));
+        let web = &st.charts["web"];
+        assert_eq!((web.result.as_str(), web.ready), ("failed", false));
+        assert_eq!(
+            h.failing(),
+            vec!["pailot_reconcile_failing{stage=\"wait\",reason=\"unhealthy\",chart=\"web\"} 1"]
+        );
+        let t = h.metrics.encode_openmetrics().unwrap();
+        assert!(t.contains("pailot_chart_ready{chart=\"web\"} 0"), "{t}");
+        h.finish().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rollback_on_health_failure_reapplies_the_last_healthy_revision_and_keeps_reporting() {
+        let applier = FakeApplier::default();
+        let h = start_with(
+            FakeSource::new(vec![Ok("c1"), Ok("c2")]),
+            applier.clone(),
+            true,
+            ReconcileConfig {
+                rollback: Rollback::OnHealthFailure,
+                ..Default::default()
+            },
+        );
+        h.settle().await;
+        applier.then(Script::Fail(FailureKind::Unhealthy));
+        h.triggers.send(Trigger::Watch).await.unwrap();
+        h.settle().await;
+        assert_eq!(h.applied(), vec!["c1", "c1"], "c1 re-applied");
+        let st = h.st();
+        assert_eq!(st.revision.as_deref(), Some("c1"));
+        assert_eq!(st.failed_revision.as_deref(), Some("c2"));
+        let last = st.last_reconcile.unwrap();
+        assert_eq!(
+            (last.result.as_str(), last.rolled_back_to.as_deref()),
+            ("failure", Some("c1"))
+        );
+        assert_eq!(h.failing().len(), 1, "the failure stays reported");
+        let t = h.metrics.encode_openmetrics().unwrap();
+        assert!(t.contains("pailot_rollbacks_total 1"), "{t}");
+        // c2 is not retried until the ref moves.
+        h.triggers.send(Trigger::Poll).await.unwrap();
+        h.settle().await;
+        assert_eq!(h.applied(), vec!["c1", "c1"]);
+        h.finish().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejected_object_waits_for_a_new_commit_and_is_not_retried() {
+        let applier = FakeApplier::default();
+        applier.then(Script::Fail(FailureKind::Rejected));
+        let h = start(FakeSource::new(vec![Ok("c1")]), applier, true);
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(
+            h.failures(),
+            vec!["pailot_reconcile_failures_total{stage=\"apply\",reason=\"rejected\"} 1"]
+        );
+        assert_eq!(h.st().phase, Some(Phase::Idle));
+        h.finish().await;
+    }
+
+    fn configured_replicas() -> crate::apply::ObjectReport {
+        let id = ObjectId {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: Some("default".into()),
+            name: "web".into(),
+        };
+        crate::apply::ObjectReport {
+            object: id.to_string(),
+            id,
+            chart: "web".into(),
+            step: Step::Workloads,
+            action: Action::Configured,
+            reason: None,
+            failure: None,
+            changes: vec![crate::apply::diff::FieldChange {
+                path: "/data/rev".into(),
+                live: Some(json!("x")),
+                desired: Some(json!("c1")),
+                other_managers: vec!["kubectl".into()],
+            }],
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn drift_correct_reapplies_and_warn_only_reports() {
         let applier = FakeApplier::default();
-        let record = DriftRecord {
-            object: "Deployment/default/web".into(),
-            chart: "web".into(),
-            pointer: "/spec/replicas".into(),
-            desired: 1.into(),
-            live: 3.into(),
-            manager: Some("kubectl".into()),
-            provenance: None,
-        };
         let h = start(FakeSource::new(vec![Ok("c1")]), applier.clone(), true);
         h.settle().await;
-        applier.drift.lock().unwrap().push(record.clone());
+        applier.drift.lock().unwrap().push(configured_replicas());
         h.triggers.send(Trigger::Drift).await.unwrap();
         h.settle().await;
         assert_eq!(h.applied(), vec!["c1", "c1"], "correct mode re-applies");
         assert_eq!(h.source.fetches(), 1, "a drift check does not fetch");
 
         h.settings.send_modify(|s| s.drift_mode = DriftMode::Warn);
-        applier.drift.lock().unwrap().push(record.clone());
+        applier.drift.lock().unwrap().push(configured_replicas());
         // The periodic sweep (60 s) finds it without a trigger.
         tokio::time::sleep(Duration::from_secs(61)).await;
         assert_eq!(h.applied().len(), 2, "warn mode does not apply");
-        assert_eq!(h.status.lock().unwrap().drift, vec![record]);
+        let drift = h.st().drift;
+        assert_eq!(drift.len(), 1);
+        assert_eq!(
+            (
+                drift[0].pointer.as_str(),
+                drift[0].action.as_str(),
+                drift[0].provenance.as_deref()
+            ),
+            ("/data/rev", "reported", Some("values x"))
+        );
         h.finish().await;
     }
 
@@ -1387,28 +1947,6 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_unchanged_active_gate_does_not_force_a_second_apply() {
-        // Regression: the gate's sender set `true` before the loop first looked at it; `changed()`
-        // then fired once and forced a re-render of an already refused commit.
-        let (atx, _) = watch::channel(false);
-        let h = start(
-            FakeSource::new(vec![Ok("bad1")]),
-            FakeApplier::default(),
-            false,
-        );
-        drop(atx);
-        h.active.send(true).unwrap();
-        h.settle().await;
-        h.active.send(true).unwrap();
-        h.settle().await;
-        assert_eq!(
-            h.telemetry.0.lock().unwrap().as_slice(),
-            ["render/invalid_input"]
-        );
-        h.finish().await;
-    }
-
-    #[tokio::test(start_paused = true)]
     async fn reload_forces_reapply_of_the_same_commit() {
         let h = start(
             FakeSource::new(vec![Ok("c1")]),
@@ -1423,7 +1961,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn stop_during_an_apply_keeps_the_revision_and_records_what_was_written() {
+    async fn stop_during_an_apply_keeps_the_revision() {
         let applier = FakeApplier {
             delay: Duration::from_secs(5),
             ..Default::default()
@@ -1431,11 +1969,12 @@ mod tests {
         let h = start(FakeSource::new(vec![Ok("c1"), Ok("c2")]), applier, true);
         tokio::time::sleep(Duration::from_secs(6)).await;
         assert_eq!(h.applied(), vec!["c1"]);
+        h.source.set(Ok("c2"));
         h.triggers.send(Trigger::Watch).await.unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(h.status.lock().unwrap().phase, Phase::Applying);
+        assert_eq!(h.st().phase, Some(Phase::Applying));
         let stop_at = Instant::now();
-        let (status, telemetry) = (h.status.clone(), h.telemetry.clone());
+        let (status, metrics) = (h.status.clone(), h.metrics.clone());
         let state = h.finish().await;
         assert!(
             stop_at.elapsed() < Duration::from_secs(1),
@@ -1446,53 +1985,29 @@ mod tests {
             Some("c1"),
             "a partly applied revision is not marked applied"
         );
-        assert_eq!(state.inventory, vec![object_of("c2-partial")]);
         assert_eq!(state.last_failed_revision, None);
-        let last = status.lock().unwrap().last.clone().unwrap();
+        let last = status.get().last_reconcile.unwrap();
         assert_eq!(
             (last.result.as_str(), last.revision.as_deref()),
             ("stopped", Some("c2"))
         );
-        assert_eq!(last.trigger, Some(Trigger::Watch));
+        assert_eq!(last.trigger.as_deref(), Some("watch"));
         assert!(
-            telemetry.0.lock().unwrap().is_empty(),
+            !metrics
+                .encode_openmetrics()
+                .unwrap()
+                .contains("pailot_reconcile_failing{"),
             "a stop is not a failure"
         );
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_last_reconcile_names_its_trigger_and_triggers_are_counted() {
-        let h = start(
-            FakeSource::new(vec![Ok("c1"), Ok("c2")]),
-            FakeApplier::default(),
-            true,
-        );
-        h.settle().await;
-        assert_eq!(
-            h.status.lock().unwrap().last.as_ref().unwrap().trigger,
-            Some(Trigger::Startup)
-        );
-        // A drift check queued with a poll: the reconcile is the poll's.
-        h.triggers.send(Trigger::Drift).await.unwrap();
-        h.triggers.send(Trigger::Poll).await.unwrap();
-        h.settle().await;
-        let st = h.status.lock().unwrap().clone();
-        assert_eq!(st.last.as_ref().unwrap().revision.as_deref(), Some("c2"));
-        assert_eq!(st.last.as_ref().unwrap().trigger, Some(Trigger::Poll));
-        assert_eq!(
-            st.triggers,
-            BTreeMap::from([(Trigger::Poll, 1), (Trigger::Drift, 1)])
-        );
-        h.finish().await;
-    }
-
-    #[tokio::test(start_paused = true)]
     async fn stop_during_backoff_returns_promptly() {
         let applier = FakeApplier::default();
-        applier.fail_next.lock().unwrap().push_back(api_down());
+        applier.then(api_down());
         let h = start(FakeSource::new(vec![Ok("c1")]), applier, true);
         h.settle().await;
-        assert_eq!(h.status.lock().unwrap().phase, Phase::Backoff);
+        assert_eq!(h.st().phase, Some(Phase::Backoff));
         let state = h.finish().await;
         assert_eq!(state.last_applied_revision, None);
     }

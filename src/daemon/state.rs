@@ -64,7 +64,7 @@ impl PersistedState {
 
     /// Write `<dir>/state.json` atomically: a temp file in the same directory, fsync, rename, fsync the directory.
     pub fn save(&mut self, dir: &Path) -> Result<(), Error> {
-        self.updated_at = unix_now();
+        self.updated_at = crate::clock::unix_now();
         let path = dir.join(STATE_FILE);
         let werr = |source| Error::Write {
             path: path.clone(),
@@ -85,14 +85,6 @@ impl PersistedState {
         }
         Ok(())
     }
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

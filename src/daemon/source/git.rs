@@ -1,7 +1,8 @@
 //! Git source: fetches the configured ref into `<stateDir>/source`, verifies it, and checks the revision out.
 //!
-//! libgit2 is blocking; `GitSource::sync` runs it in a helper process (`daemon::helper`; in-process
-//! on a blocking thread when helpers are off), so the daemon itself never initialises libgit2 and OpenSSL.
+//! libgit2 is blocking; the daemon runs `GitSource::sync` in a helper process (`daemon::helper`, job
+//! [`SyncJob`]), so the daemon itself never initialises libgit2 and OpenSSL. Errors are plain data, so
+//! they cross the helper's pipe as what they are.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,33 +11,59 @@ use serde::{Deserialize, Serialize};
 
 use super::verify;
 use crate::daemon::config::{GitRef, RepoLocation, SourceConfig};
+use crate::failure::{Failure, Reason, Stage};
 
 /// Why a sync failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
 pub enum Error {
     /// The remote could not be reached or refused the fetch (retried with backoff).
-    #[error("failed to fetch {url}: {source}")]
-    Fetch {
-        url: String,
-        #[source]
-        source: git2::Error,
-    },
+    #[error("failed to fetch {url}: {message}")]
+    Fetch { url: String, message: String },
     /// The configured branch, tag or commit does not exist (waits for a change).
     #[error("{git_ref} not found in {url}")]
     RefNotFound { url: String, git_ref: String },
     /// The commit was refused by signature verification (waits for a change).
     #[error(transparent)]
     Verify(#[from] verify::Error),
-    /// The local mirror or checkout could not be written.
-    #[error("failed to write checkout under {dir}: {detail}")]
+    /// The local mirror or checkout could not be written (a full disk, permissions).
+    #[error("failed to write under {dir}: {detail}")]
     Checkout { dir: PathBuf, detail: String },
 }
 
 impl Error {
-    /// True when retrying later may succeed without a new commit.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Fetch { .. } | Error::Checkout { .. })
+    /// The stage and reason word of this error (see `crate::failure`).
+    pub fn classify(&self) -> (Stage, Reason) {
+        match self {
+            Error::Fetch { .. } => (Stage::Fetch, Reason::SourceUnreachable),
+            Error::RefNotFound { .. } => (Stage::Fetch, Reason::RefNotFound),
+            Error::Checkout { .. } => (Stage::Fetch, Reason::LocalIo),
+            Error::Verify(v) => (Stage::Verify, v.reason()),
+        }
     }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let (stage, reason) = e.classify();
+        Failure::new(stage, reason, e.to_string())
+    }
+}
+
+/// Bytes that must stay free on the state directory's file system: below this, a failed fetch is
+/// blamed on the disk (`local_io`), not on the remote.
+const LOW_DISK_BYTES: u64 = 16 << 20;
+
+/// Free bytes for unprivileged writers on the file system holding `path` (`None` when unknown).
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// One checked-out commit.
@@ -50,6 +77,9 @@ pub struct Revision {
     pub root: PathBuf,
     /// First line of the commit message.
     pub summary: String,
+    /// Author of the commit, `Name <email>`.
+    #[serde(default)]
+    pub author: String,
     /// Principal that signed the commit, when verification is on.
     pub signer: Option<String>,
 }
@@ -86,15 +116,21 @@ impl GitSource {
         &self.cfg
     }
 
-    /// Fetch, resolve, verify and check out (in a helper process, see `daemon::helper`).
-    pub async fn sync(&self) -> Result<Revision, Error> {
-        crate::daemon::helper::sync(&self.cfg, &self.dir).await
-    }
-
-    /// Fetch, resolve, verify and check out, blocking the calling thread.
-    pub fn sync_blocking(&self) -> Result<Revision, Error> {
+    /// Fetch, resolve, verify and check out, blocking the calling thread. The checkouts of `pinned`
+    /// commits (the applied revision, whose provenance drift records need) are never removed.
+    pub fn sync(&self, pinned: &[String]) -> Result<Revision, Error> {
         let mirror = self.open_mirror()?;
-        self.fetch(&mirror)?;
+        if let Err(e) = self.fetch(&mirror) {
+            // A fetch that failed for lack of space is the disk's fault, not the remote's.
+            return Err(match e {
+                Error::Fetch { message, .. }
+                    if free_bytes(&self.dir).is_some_and(|b| b < LOW_DISK_BYTES) =>
+                {
+                    self.checkout_err(format!("{message} (the file system is full)"))
+                }
+                other => other,
+            });
+        }
         let oid = self.resolve(&mirror)?;
         let signer = match &self.cfg.allowed_signers_file {
             Some(file) => Some(verify::verify_commit(&mirror, oid, file)?),
@@ -104,12 +140,21 @@ impl GitSource {
             .find_commit(oid)
             .map_err(|e| self.checkout_err(e.message()))?;
         let summary = String::from_utf8_lossy(commit.summary_bytes().unwrap_or(b"")).into_owned();
-        let checkout = self.checkout(&mirror, &commit)?;
+        let author = {
+            let a = commit.author();
+            format!(
+                "{} <{}>",
+                String::from_utf8_lossy(a.name_bytes()),
+                String::from_utf8_lossy(a.email_bytes())
+            )
+        };
+        let checkout = self.checkout(&mirror, &commit, pinned)?;
         Ok(Revision {
             commit: oid.to_string(),
             root: checkout.join(&self.cfg.path),
             checkout,
             summary,
+            author,
             signer,
         })
     }
@@ -150,9 +195,9 @@ impl GitSource {
                 "+refs/tags/*:refs/tags/*".into(),
             ],
         };
-        let mut remote = repo.remote_anonymous(&url).map_err(|source| Error::Fetch {
-            url: url.clone(),
-            source,
+        let mut remote = repo.remote_anonymous(&url).map_err(|e| Error::Fetch {
+            url: crate::redact::url_without_credentials(&url),
+            message: e.message().to_string(),
         })?;
         let mut callbacks = git2::RemoteCallbacks::new();
         let ssh_key = self.cfg.ssh_key_file.clone();
@@ -193,8 +238,8 @@ impl GitSource {
                     }
                 } else {
                     Error::Fetch {
-                        url: url.clone(),
-                        source,
+                        url: crate::redact::url_without_credentials(&url),
+                        message: source.message().to_string(),
                     }
                 }
             })
@@ -228,6 +273,7 @@ impl GitSource {
         &self,
         repo: &git2::Repository,
         commit: &git2::Commit<'_>,
+        pinned: &[String],
     ) -> Result<PathBuf, Error> {
         let root = self.dir.join("checkouts");
         let dest = root.join(commit.id().to_string());
@@ -246,25 +292,8 @@ impl GitSource {
             .map_err(|e| self.checkout_err(e.message()))?;
         let tmp_path = tmp.keep();
         std::fs::rename(&tmp_path, &dest).map_err(|e| self.checkout_err(e.to_string()))?;
-        self.prune_checkouts(&root, &dest);
+        prune_checkouts(&root, &dest, pinned);
         Ok(dest)
-    }
-
-    /// Remove all but the newest `KEEP_CHECKOUTS` checkouts (never `current`).
-    fn prune_checkouts(&self, root: &Path, current: &Path) {
-        let Ok(entries) = std::fs::read_dir(root) else {
-            return;
-        };
-        let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = entries
-            .filter_map(Result::ok)
-            .filter(|e| e.path() != current)
-            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-            .collect();
-        dirs.sort();
-        let excess = (dirs.len() + 1).saturating_sub(KEEP_CHECKOUTS);
-        for (_, p) in dirs.into_iter().take(excess) {
-            let _ = std::fs::remove_dir_all(p);
-        }
     }
 
     /// For local repositories: the git directory whose refs the watcher follows.
@@ -276,6 +305,24 @@ impl GitSource {
             RepoLocation::Local(p) => git_dir_of(p),
             RepoLocation::Remote(_) => None,
         }
+    }
+}
+
+/// Remove all but the newest `KEEP_CHECKOUTS` checkouts; never `current` nor a `pinned` commit's.
+fn prune_checkouts(root: &Path, current: &Path, pinned: &[String]) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path() != current)
+        .filter(|e| !pinned.iter().any(|p| e.file_name() == p.as_str()))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    dirs.sort();
+    let excess = (dirs.len() + 1).saturating_sub(KEEP_CHECKOUTS);
+    for (_, p) in dirs.into_iter().take(excess) {
+        let _ = std::fs::remove_dir_all(p);
     }
 }
 
@@ -294,4 +341,26 @@ pub fn git_dir_of(path: &Path) -> Option<PathBuf> {
         return target.join("HEAD").is_file().then_some(target);
     }
     is_git_dir(path).then(|| path.to_path_buf())
+}
+
+/// The helper job that fetches, verifies and checks out the configured ref (see `daemon::helper`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SyncJob {
+    pub source: SourceConfig,
+    /// `<stateDir>/source`.
+    pub dir: PathBuf,
+    /// Commits whose checkouts must stay (the applied revision).
+    pub pinned: Vec<String>,
+}
+
+impl crate::daemon::helper::Job for SyncJob {
+    const NAME: &'static str = "sync";
+    type Output = Result<Revision, Error>;
+    fn run(self) -> Self::Output {
+        GitSource::in_dir(self.source, self.dir).sync(&self.pinned)
+    }
+    fn needs_tls(&self) -> bool {
+        matches!(&self.source.location, RepoLocation::Remote(u)
+            if u.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://")))
+    }
 }

@@ -28,14 +28,16 @@ pub enum Error {
 }
 
 impl Error {
-    /// The bounded metrics reason for this refusal.
-    pub fn reason(&self) -> &'static str {
+    /// The reason word of this refusal (see `crate::failure`): a missing or bad signature waits for a new
+    /// commit; a verification tool that could not run is retried.
+    pub fn reason(&self) -> crate::failure::Reason {
+        use crate::failure::Reason;
         match self {
-            Error::Unsigned { .. } => "unsigned_commit",
+            Error::Unsigned { .. } => Reason::UnsignedCommit,
             Error::NotSsh { .. } | Error::UntrustedSigner { .. } | Error::BadSignature { .. } => {
-                "untrusted_signature"
+                Reason::UntrustedSignature
             }
-            Error::Tool { .. } => "verify_failed",
+            Error::Tool { .. } => Reason::Internal,
         }
     }
 }

@@ -37,6 +37,10 @@ pub enum Provider {
 pub enum Verdict {
     /// Authenticated; a fetch was triggered (answer 202).
     Accepted(Provider),
+    /// Authenticated ping (sent when a webhook is created); nothing triggered (answer 200).
+    Ping(Provider),
+    /// Authenticated, but an event other than a push (issues, releases…); nothing triggered (answer 400).
+    NotPush(Provider, String),
     /// Not authenticated; nothing was triggered (answer 401).
     Unauthorized(Error),
 }
@@ -58,13 +62,34 @@ impl GitWebhook {
             return Verdict::Unauthorized(Error::NotConfigured);
         };
         match authenticate(secret.expose(), headers, body) {
-            Ok(provider) => {
-                let _ = self.tx.try_send(Trigger::Webhook);
-                Verdict::Accepted(provider)
-            }
+            Ok(provider) => match event(headers) {
+                Some(e) if e.eq_ignore_ascii_case("ping") => Verdict::Ping(provider),
+                Some(e) if !is_push(&e) => Verdict::NotPush(provider, e),
+                _ => {
+                    let _ = self.tx.try_send(Trigger::Webhook);
+                    Verdict::Accepted(provider)
+                }
+            },
             Err(e) => Verdict::Unauthorized(e),
         }
     }
+}
+
+/// The event a forge says it sends (`X-GitHub-Event`, `X-Gitea-Event`, `X-Gitlab-Event`), if any.
+fn event(headers: &hyper::http::HeaderMap) -> Option<String> {
+    ["x-github-event", "x-gitea-event", "x-gitlab-event"]
+        .iter()
+        .find_map(|h| headers.get(*h))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Push events of the three forges (GitLab names them `Push Hook` / `Tag Push Hook`).
+fn is_push(event: &str) -> bool {
+    matches!(
+        event.to_ascii_lowercase().as_str(),
+        "push" | "push hook" | "tag push hook" | "create"
+    )
 }
 
 /// Check the request's signature or token against `secret`.
