@@ -147,7 +147,7 @@ impl FixtureRepo {
         );
     }
 
-    /// `pailot CMD --repo … -c clusters/test.yaml --kubeconfig … --inventory-namespace NS ARGS`.
+    /// `pailot CMD --repo … -c clusters/test.yaml --kubeconfig … ARGS`.
     pub fn pailot(&self, cluster: &TestCluster, cmd: &str, args: &[&str]) -> Run {
         let repo = self.tree.path().to_str().unwrap().to_string();
         let kc = cluster.kubeconfig.to_str().unwrap().to_string();
@@ -159,8 +159,6 @@ impl FixtureRepo {
             "clusters/test.yaml",
             "--kubeconfig",
             &kc,
-            "--inventory-namespace",
-            &self.ns,
         ];
         all.extend_from_slice(args);
         Command::new(pailot_bin())
@@ -475,8 +473,6 @@ async fn ctrl_c_stops_an_apply_after_the_objects_in_flight_and_a_rerun_finishes_
             "clusters/bench.yaml".into(),
             "--kubeconfig".into(),
             ns.kubeconfig.display().to_string(),
-            "--inventory-namespace".into(),
-            ns.name.clone(),
             "--prune".into(),
             "-o".into(),
             out.into(),

@@ -5,9 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Path of the `pailot` binary built for this test run.
+/// Path of the `pailot` binary built for this test run (`PAILOT_TEST_BIN` overrides it, e.g. to show
+/// that a regression test fails against an older build).
 pub fn pailot_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_pailot"))
+    std::env::var_os("PAILOT_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pailot")))
 }
 
 /// Root of this repository (holds charts/, overlays/, clusters/).

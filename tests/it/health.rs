@@ -33,8 +33,13 @@ fn pending_pods_fail_health_with_the_scheduler_reason() {
     let ns = c.namespace("health-pending");
     let repo = FixtureRepo::new(&ns.name);
     repo.set(&["all"], "  db: {memory: 64Gi}\n");
-    let report = repo.apply_json(&c, &["--wait", "--timeout", "15s"], 1);
-    let errors = report["errors"].to_string();
+    // Past the budget gate on purpose: the scheduler must say why.
+    let report = repo.apply_json(
+        &c,
+        &["--wait", "--timeout", "15s", "--allow-over-budget"],
+        1,
+    );
+    let errors = report["failures"].to_string();
     assert!(
         errors.contains(&format!("Deployment/{}/db", ns.name)),
         "{errors}"
@@ -68,7 +73,6 @@ fn distribution(ns: &str, overlays: &str) -> crate::harness::TempTree {
 
 fn apply_distribution(
     c: &crate::apply::TestCluster,
-    ns: &str,
     cluster_file: &std::path::Path,
     timeout: &str,
 ) -> crate::harness::Run {
@@ -79,8 +83,6 @@ fn apply_distribution(
         cluster_file.to_str().unwrap(),
         "--kubeconfig",
         kc,
-        "--inventory-namespace",
-        ns,
         "--wait",
         "--timeout",
         timeout,
@@ -90,7 +92,7 @@ fn apply_distribution(
 }
 
 /// Remove what a distribution test applied (kube-system objects included).
-fn uninstall(c: &crate::apply::TestCluster, ns: &str, cluster_file: &std::path::Path) {
+fn uninstall(c: &crate::apply::TestCluster, cluster_file: &std::path::Path) {
     let kc = c.kubeconfig.to_str().unwrap();
     crate::harness::pailot(&[
         "uninstall",
@@ -98,8 +100,6 @@ fn uninstall(c: &crate::apply::TestCluster, ns: &str, cluster_file: &std::path::
         cluster_file.to_str().unwrap(),
         "--kubeconfig",
         kc,
-        "--inventory-namespace",
-        ns,
         "--prune-protected",
         "--timeout",
         "60s",
@@ -115,7 +115,7 @@ fn distribution_lowmem_is_healthy_on_one_32gi_node_in_dependency_order() {
     let ns = c.namespace("dist-lowmem");
     let tree = distribution(&ns.name, "base, single-node-lowmem");
     let file = tree.path().join("single-node.yaml");
-    let r = apply_distribution(&c, &ns.name, &file, "300s");
+    let r = apply_distribution(&c, &file, "300s");
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     let charts = report["charts"].as_array().unwrap();
@@ -130,7 +130,7 @@ fn distribution_lowmem_is_healthy_on_one_32gi_node_in_dependency_order() {
             );
         }
     }
-    uninstall(&c, &ns.name, &file);
+    uninstall(&c, &file);
 }
 
 #[test]
@@ -168,7 +168,7 @@ fn distribution_base_fails_health_with_pending_pods_and_insufficient_memory() {
     let f = tree.write("static-pods.json", &list.to_string());
     let r = c.kubectl(&["apply", "-f", f.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let r = apply_distribution(&c, &ns.name, &file, "60s");
+    let r = apply_distribution(&c, &file, "60s");
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     assert!(
         r.stderr.contains("Pending") && r.stderr.contains("Insufficient memory"),
@@ -184,5 +184,5 @@ fn distribution_base_fails_health_with_pending_pods_and_insufficient_memory() {
             .any(|ch| ch["state"] == "failed"),
         "{report}"
     );
-    uninstall(&c, &ns.name, &file);
+    uninstall(&c, &file);
 }

@@ -26,3 +26,4 @@ mod schema;
 mod server;
 mod source;
 mod systemd;
+mod trust;

@@ -11,13 +11,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pailot::metrics::{
-    ApplyAction, FailureReason, FetchResult, Metrics, PruneBlockedReason, ReconcileResult, Stage,
-};
-use pailot::server::ServerState;
+use pailot::apply::Action;
+use pailot::daemon::status::BootstrapStatus;
+use pailot::failure::{Failure, Reason, Stage};
+use pailot::metrics::{FetchResult, Metrics, PruneBlockedReason, ReconcileResult};
 
 use crate::harness::{TempTree, repo_root};
-use crate::server::{get, request, start};
+use crate::server::{get, request, start, state};
 
 /// `None` when the test should be skipped (PAILOT_SKIP_PROMTOOL=1); panics when a tool is missing otherwise.
 fn tool(name: &str) -> Option<String> {
@@ -43,22 +43,29 @@ fn tool(name: &str) -> Option<String> {
 fn busy_metrics() -> Arc<Metrics> {
     let m = Arc::new(Metrics::new());
     m.record_reconcile(ReconcileResult::Success, Duration::from_millis(850));
-    m.record_failure_in(
-        Stage::Render,
-        FailureReason::InvalidInput,
-        Some("zookeeper"),
+    m.record_failure(
+        &Failure::new(Stage::Render, Reason::InvalidInput, "x").with_charts(["zookeeper".into()]),
     );
     m.record_fetch(FetchResult::Success, Duration::from_millis(12));
     m.record_fetch(FetchResult::Failure, Duration::from_secs(3));
-    m.record_apply(ApplyAction::Configured, 4);
+    m.record_apply(&[(Action::Configured, 4)].into());
     m.set_revision("4b825dc642cb6eb9a060e54bf8d69288fbee4904");
     m.set_inventory(42);
     m.set_drifted("grafana", 1);
     m.inc_drift("grafana");
-    m.set_chart_ready("grafana", true);
-    m.set_chart_ready("zookeeper", false);
+    m.set_charts(
+        &[
+            ("grafana".to_string(), true),
+            ("zookeeper".to_string(), false),
+        ]
+        .into(),
+    );
     m.inc_prune_blocked(PruneBlockedReason::MassPruneThreshold);
-    m.set_bootstrap_complete(true);
+    m.set_bootstrap(&BootstrapStatus {
+        complete: true,
+        missing: vec![],
+    });
+    m.inc_rollbacks();
     m.set_leader(true);
     m
 }
@@ -68,7 +75,7 @@ async fn promtool_check_metrics_passes_on_a_real_scrape() {
     let Some(promtool) = tool("promtool") else {
         return;
     };
-    let srv = start(ServerState::new(busy_metrics())).await;
+    let srv = start(state(busy_metrics()).0).await;
     let r = request(
         srv.addr,
         "GET",
@@ -256,7 +263,7 @@ async fn real_prometheus_scrapes_evaluates_rules_and_runs_dashboard_queries() {
         return;
     };
     let metrics = busy_metrics();
-    let srv = start(ServerState::new(metrics.clone())).await;
+    let srv = start(state(metrics.clone()).0).await;
     let tmp = TempTree::new();
     let dir = tmp.path().to_path_buf();
     let prom = start_prometheus(&bin, &dir, srv.addr);

@@ -85,15 +85,10 @@ fn an_empty_render_prunes_nothing() {
     let repo = FixtureRepo::new(&ns.name);
     repo.apply_json(&c, &[], 0);
     repo.set(&["nothing"], "");
-    let report = repo.apply_json(&c, &["--prune", "--allow-mass-prune"], 0);
-    assert!(with_action(&report, "deleted").is_empty());
-    assert!(
-        report["prune_disabled"]
-            .as_str()
-            .unwrap_or("")
-            .contains("empty"),
-        "{report}"
-    );
+    // An empty render is refused as a whole (it would leave everything unmanaged), whatever the flags.
+    let r = repo.pailot(&c, "apply", &["--prune", "--allow-mass-prune"]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("is empty"), "{}", r.stderr);
     assert!(c.get(&ns.name, "deployment/web").is_some());
     assert!(c.get(&ns.name, "configmap/db-config").is_some());
 }
@@ -109,7 +104,7 @@ fn a_mass_prune_is_refused_without_the_flag() {
     let r = repo.pailot(&c, "apply", &["--prune"]);
     assert_ne!(r.code, 0, "{}", r.stdout);
     assert!(
-        r.stderr.contains("refusing to prune 16 of 19"),
+        r.stderr.contains("refusing to prune 16 of the 19"),
         "{}",
         r.stderr
     );

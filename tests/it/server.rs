@@ -4,11 +4,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pailot::metrics::{Metrics, ReconcileResult};
-use pailot::server::{
-    ChartStatus, DriftRecord, MAX_BODY_BYTES, ServerState, StatusError, StatusSnapshot,
-    WebhookHandler, WebhookOutcome, serve,
+use pailot::daemon::status::{
+    ChartStatus, DriftRecord, Phase, Status as StatusSnapshot, StatusError, StatusTx,
 };
+use pailot::metrics::Metrics;
+use pailot::server::{MAX_BODY_BYTES, ServerState, WebhookHandler, WebhookOutcome, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -36,6 +36,12 @@ impl Running {
             .expect("task")
             .expect("serve ok");
     }
+}
+
+/// A server state over `metrics` and a status the test writes through the returned sender.
+pub fn state(metrics: Arc<Metrics>) -> (ServerState, StatusTx) {
+    let (tx, rx) = StatusTx::new();
+    (ServerState::new(metrics, rx), tx)
 }
 
 /// Start `serve` on a loopback port with `state`.
@@ -171,7 +177,8 @@ impl WebhookHandler for Recorder {
 
 #[tokio::test]
 async fn health_readiness_and_unknown_routes() {
-    let srv = start(ServerState::new(Arc::new(Metrics::new()))).await;
+    let (st, tx) = state(Arc::new(Metrics::new()));
+    let srv = start(st).await;
     let r = get(srv.addr, "/healthz").await;
     assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
     let r = get(srv.addr, "/readyz").await;
@@ -181,17 +188,14 @@ async fn health_readiness_and_unknown_routes() {
         "not ready before the first successful reconcile: {}",
         r.text()
     );
-    srv.state
-        .metrics
-        .record_reconcile(ReconcileResult::Failure, Duration::from_millis(5));
+    // Readiness is the status's: set by the loop after its first successful reconcile.
+    tx.update(|s| s.last_reconcile = Some(Default::default()));
     assert_eq!(
         get(srv.addr, "/readyz").await.status,
         503,
         "a failed reconcile does not make it ready"
     );
-    srv.state
-        .metrics
-        .record_reconcile(ReconcileResult::Success, Duration::from_millis(5));
+    tx.update(|s| s.ready = true);
     assert_eq!(get(srv.addr, "/readyz").await.status, 200);
     assert_eq!(get(srv.addr, "/nope").await.status, 404);
     let r = request(srv.addr, "POST", "/metrics", &[], b"x").await;
@@ -208,7 +212,7 @@ async fn health_readiness_and_unknown_routes() {
 
 #[tokio::test]
 async fn metrics_negotiates_openmetrics_and_prometheus_text() {
-    let srv = start(ServerState::new(Arc::new(Metrics::new()))).await;
+    let srv = start(state(Arc::new(Metrics::new())).0).await;
     srv.state.metrics.set_revision("0123abcd");
     let r = get(srv.addr, "/metrics").await;
     assert_eq!(r.status, 200);
@@ -255,12 +259,13 @@ async fn metrics_negotiates_openmetrics_and_prometheus_text() {
 
 #[tokio::test]
 async fn status_serves_the_snapshot_as_json() {
-    let srv = start(ServerState::new(Arc::new(Metrics::new()))).await;
+    let (st, tx) = state(Arc::new(Metrics::new()));
+    let srv = start(st).await;
     let empty: StatusSnapshot =
         serde_json::from_slice(&get(srv.addr, "/status").await.body).unwrap();
     assert_eq!(empty, StatusSnapshot::default());
     let snap = sample_snapshot();
-    srv.state.set_status(snap.clone());
+    tx.update(|s| *s = snap.clone());
     let r = get(srv.addr, "/status").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/json"));
@@ -273,17 +278,16 @@ async fn status_serves_the_snapshot_as_json() {
     );
     assert_eq!(v["drift"][0]["pointer"], "/spec/replicas");
     assert!(v.get("nextWakeup").is_some(), "{v}");
-    srv.state
-        .update_status(|s| s.phase = Some("applying".into()));
+    tx.update(|s| s.phase = Some(Phase::Applying));
     let got: StatusSnapshot = serde_json::from_slice(&get(srv.addr, "/status").await.body).unwrap();
-    assert_eq!(got.phase.as_deref(), Some("applying"));
+    assert_eq!(got.phase, Some(Phase::Applying));
     srv.stop().await;
 }
 
 fn sample_snapshot() -> StatusSnapshot {
     let mut s = StatusSnapshot {
         revision: Some("9f8e7d6c5b4a".into()),
-        phase: Some("idle".into()),
+        phase: Some(Phase::Idle),
         drift_mode: Some("warn".into()),
         next_wakeup: Some(4_102_444_800.0),
         ..Default::default()
@@ -330,7 +334,7 @@ fn sample_snapshot() -> StatusSnapshot {
 
 #[tokio::test]
 async fn webhook_without_handler_is_404() {
-    let srv = start(ServerState::new(Arc::new(Metrics::new()))).await;
+    let srv = start(state(Arc::new(Metrics::new())).0).await;
     let r = request(srv.addr, "POST", "/hooks/git", &[], b"{}").await;
     assert_eq!(r.status, 404);
     srv.stop().await;
@@ -347,7 +351,7 @@ async fn webhook_outcomes_map_to_status_codes_and_bodies_are_limited() {
             outcome,
             calls: Mutex::new(Vec::new()),
         });
-        let srv = start(ServerState::new(Arc::new(Metrics::new())).with_webhook(rec.clone())).await;
+        let srv = start(state(Arc::new(Metrics::new())).0.with_webhook(rec.clone())).await;
         let r = request(
             srv.addr,
             "POST",
@@ -377,7 +381,7 @@ async fn webhook_outcomes_map_to_status_codes_and_bodies_are_limited() {
 
 #[tokio::test]
 async fn shutdown_closes_the_listener() {
-    let srv = start(ServerState::new(Arc::new(Metrics::new()))).await;
+    let srv = start(state(Arc::new(Metrics::new())).0).await;
     let addr = srv.addr;
     assert_eq!(get(addr, "/healthz").await.status, 200);
     srv.stop().await;
@@ -389,9 +393,10 @@ async fn shutdown_closes_the_listener() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pailot_status_prints_table_and_json() {
-    let srv = start(ServerState::new(Arc::new(Metrics::new()))).await;
+    let (st, tx) = state(Arc::new(Metrics::new()));
+    let srv = start(st).await;
     let snap = sample_snapshot();
-    srv.state.set_status(snap.clone());
+    tx.update(|s| *s = snap.clone());
     let url = format!("http://{}", srv.addr);
     let u = url.clone();
     let table = tokio::task::spawn_blocking(move || pailot(&["status", "--url", &u]))

@@ -117,7 +117,7 @@ fn clone_then_fetch_follows_the_branch_and_checks_out_each_revision() {
     repo.write("charts/a.txt", "one\n");
     let c1 = repo.commit("first");
     let (src, _state) = local(&repo, GitRef::Branch("main".into()));
-    let r1 = src.sync_blocking().unwrap();
+    let r1 = src.sync(&[]).unwrap();
     assert_eq!(r1.commit, c1);
     assert_eq!(r1.summary, "first");
     assert_eq!(
@@ -127,7 +127,7 @@ fn clone_then_fetch_follows_the_branch_and_checks_out_each_revision() {
 
     repo.write("charts/a.txt", "two\n");
     let c2 = repo.commit("second");
-    let r2 = src.sync_blocking().unwrap();
+    let r2 = src.sync(&[]).unwrap();
     assert_eq!(r2.commit, c2);
     assert_ne!(
         r1.checkout, r2.checkout,
@@ -152,15 +152,19 @@ fn tag_commit_and_missing_refs_resolve_as_configured() {
     let _c2 = repo.commit("second");
 
     let (tag, _s1) = local(&repo, GitRef::Tag("v1".into()));
-    assert_eq!(tag.sync_blocking().unwrap().commit, c1);
+    assert_eq!(tag.sync(&[]).unwrap().commit, c1);
 
     let (pinned, _s2) = local(&repo, GitRef::Commit(c1[..12].to_string()));
-    assert_eq!(pinned.sync_blocking().unwrap().commit, c1);
+    assert_eq!(pinned.sync(&[]).unwrap().commit, c1);
 
     let (missing, _s3) = local(&repo, GitRef::Branch("release".into()));
-    let err = missing.sync_blocking().unwrap_err();
+    let err = missing.sync(&[]).unwrap_err();
     assert!(matches!(err, Error::RefNotFound { .. }), "{err:?}");
-    assert!(!err.is_transient(), "a missing ref waits for a change");
+    assert_eq!(
+        pailot::failure::Failure::from(err).next(),
+        pailot::failure::Next::AwaitChange,
+        "a missing ref waits for a change"
+    );
 }
 
 #[test]
@@ -174,7 +178,7 @@ fn sub_path_is_the_deployment_root() {
         GitRef::Branch("main".into()),
     );
     cfg.path = "deploy".into();
-    let r = GitSource::new(cfg, state.path()).sync_blocking().unwrap();
+    let r = GitSource::new(cfg, state.path()).sync(&[]).unwrap();
     assert!(r.root.join("clusters/test.yaml").is_file());
 }
 
@@ -199,10 +203,10 @@ fn file_url_bare_remote_is_fetched() {
     );
     let state = tempfile::tempdir().unwrap();
     let src = GitSource::new(cfg, state.path());
-    assert_eq!(src.sync_blocking().unwrap().commit, c1);
+    assert_eq!(src.sync(&[]).unwrap().commit, c1);
     let c2 = repo.commit("second");
     repo.git(&["push", "-q", &bare.path().display().to_string(), "main"]);
-    assert_eq!(src.sync_blocking().unwrap().commit, c2);
+    assert_eq!(src.sync(&[]).unwrap().commit, c2);
 }
 
 #[test]
@@ -212,10 +216,16 @@ fn unreachable_remote_is_transient() {
         RepoLocation::Remote("http://127.0.0.1:9/none.git".into()),
         GitRef::Branch("main".into()),
     );
-    let err = GitSource::new(cfg, state.path())
-        .sync_blocking()
-        .unwrap_err();
-    assert!(err.is_transient(), "{err:?}");
+    let err = GitSource::new(cfg, state.path()).sync(&[]).unwrap_err();
+    let f = pailot::failure::Failure::from(err);
+    assert_eq!(
+        (f.reason, f.next()),
+        (
+            pailot::failure::Reason::SourceUnreachable,
+            pailot::failure::Next::Requeue
+        ),
+        "{f:?}"
+    );
 }
 
 #[tokio::test]
@@ -297,29 +307,29 @@ fn signed_by_allowed_key_passes_unsigned_and_untrusted_are_refused() {
     let src = GitSource::new(cfg, state.path());
 
     let signed = repo.commit_signed("signed", &good);
-    let r = src.sync_blocking().unwrap();
+    let r = src.sync(&[]).unwrap();
     assert_eq!(r.commit, signed);
     assert_eq!(r.signer.as_deref(), Some("ops@example.com"));
 
     repo.commit("unsigned");
-    match src.sync_blocking().unwrap_err() {
+    match src.sync(&[]).unwrap_err() {
         Error::Verify(e @ verify::Error::Unsigned { .. }) => {
-            assert_eq!(e.reason(), "unsigned_commit")
+            assert_eq!(e.reason(), pailot::failure::Reason::UnsignedCommit)
         }
         e => panic!("expected unsigned, got {e:?}"),
     }
 
     repo.commit_signed("by a stranger", &other);
-    match src.sync_blocking().unwrap_err() {
+    match src.sync(&[]).unwrap_err() {
         Error::Verify(e @ verify::Error::UntrustedSigner { .. }) => {
-            assert_eq!(e.reason(), "untrusted_signature")
+            assert_eq!(e.reason(), pailot::failure::Reason::UntrustedSignature)
         }
         e => panic!("expected untrusted, got {e:?}"),
     }
 }
 
-/// Run `pailot daemon --helper` on one request (as the daemon does) and return its JSON response.
-fn run_helper(request: &pailot::daemon::helper::Request) -> serde_json::Value {
+/// Run `pailot daemon --helper` on one job envelope (as the daemon does) and return its JSON answer.
+fn run_helper(job: &str, input: serde_json::Value) -> serde_json::Value {
     use std::io::Write;
     let mut child = Command::new(crate::harness::pailot_bin())
         .args(["daemon", "--helper"])
@@ -328,7 +338,8 @@ fn run_helper(request: &pailot::daemon::helper::Request) -> serde_json::Value {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start pailot daemon --helper");
-    let input = serde_json::to_vec(request).unwrap();
+    let envelope = serde_json::json!({"job": job, "input": input});
+    let input = serde_json::to_vec(&envelope).unwrap();
     child.stdin.take().unwrap().write_all(&input).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
@@ -346,55 +357,64 @@ fn run_helper(request: &pailot::daemon::helper::Request) -> serde_json::Value {
 
 #[test]
 fn the_daemon_helper_process_fetches_renders_and_reports_errors_as_data() {
-    use pailot::daemon::helper::{Request, WireSource};
+    use pailot::daemon::helper::RenderJob;
+    use pailot::daemon::source::git::SyncJob;
     let repo = crate::daemon::deploy_repo("from-the-helper");
     let state = tempfile::tempdir().unwrap();
     let dir = state.path().join("source");
-    let sync = |git_ref: GitRef| Request::Sync {
-        source: WireSource::new(&source_config(
-            RepoLocation::Local(repo.path().to_path_buf()),
-            git_ref,
-        )),
-        dir: dir.clone(),
+    let sync = |git_ref: GitRef| {
+        serde_json::to_value(SyncJob {
+            source: source_config(RepoLocation::Local(repo.path().to_path_buf()), git_ref),
+            dir: dir.clone(),
+            pinned: vec![],
+        })
+        .unwrap()
     };
-    let render = |root: &str, commit: &str| Request::Render {
-        render: (&pailot::render::RenderRequest {
+    let render = |root: &str, commit: &str| {
+        serde_json::to_value(RenderJob(pailot::render::RenderRequest {
             repo_root: root.into(),
             cluster_file: "clusters/test.yaml".into(),
             overlays: None,
             revision: Some(commit.to_string()),
-        })
-            .into(),
+        }))
+        .unwrap()
     };
 
-    let synced = run_helper(&sync(GitRef::Branch("main".into())));
-    assert_eq!(synced["result"], "synced", "{synced}");
-    let commit = synced["revision"]["commit"].as_str().unwrap();
+    let synced = run_helper("sync", sync(GitRef::Branch("main".into())));
+    let revision = &synced["Ok"]["Ok"];
+    let commit = revision["commit"].as_str().expect("a revision");
     assert_eq!(commit, repo.git(&["rev-parse", "HEAD"]));
-    let root = synced["revision"]["root"].as_str().unwrap();
+    let root = revision["root"].as_str().unwrap();
     assert!(Path::new(root).starts_with(&dir), "{root}");
+    assert!(
+        revision["author"].as_str().unwrap().contains('@'),
+        "{revision}"
+    );
 
-    let rendered = run_helper(&render(root, commit));
-    assert_eq!(rendered["result"], "rendered", "{rendered}");
-    assert_eq!(rendered["cluster"], "test");
-    let objects = rendered["objects"].as_array().unwrap();
+    let rendered = run_helper("render", render(root, commit));
+    let set = &rendered["Ok"]["Ok"];
+    assert_eq!(set["cluster"]["name"], "test", "{rendered}");
+    let objects = set["set"]["objects"].as_array().unwrap();
     assert_eq!(objects.len(), 1, "{rendered}");
-    assert_eq!(objects[0]["id"]["kind"], "ConfigMap");
-    assert_eq!(objects[0]["object"]["data"]["greeting"], "from-the-helper");
-    assert_eq!(rendered["charts"][0]["name"], "web");
+    assert_eq!(objects[0][0]["kind"], "ConfigMap");
+    assert_eq!(
+        objects[0][1]["object"]["data"]["greeting"],
+        "from-the-helper"
+    );
+    assert_eq!(set["set"]["charts"][0]["name"], "web");
 
     // A template error is an input error (file and message), not a failed helper.
     repo.write("charts/web/templates/cm.yaml", "data: {{ values.greeting\n");
     repo.commit("broken template");
-    let synced = run_helper(&sync(GitRef::Branch("main".into())));
+    let synced = run_helper("sync", sync(GitRef::Branch("main".into())));
+    let revision = &synced["Ok"]["Ok"];
     let (root, commit) = (
-        synced["revision"]["root"].as_str().unwrap(),
-        synced["revision"]["commit"].as_str().unwrap(),
+        revision["root"].as_str().unwrap(),
+        revision["commit"].as_str().unwrap(),
     );
-    let failed = run_helper(&render(root, commit));
-    assert_eq!(failed["result"], "renderFailed", "{failed}");
+    let failed = run_helper("render", render(root, commit));
     assert!(
-        failed["error"]["file"]
+        failed["Ok"]["Err"]["file"]
             .as_str()
             .unwrap()
             .ends_with("charts/web/templates/cm.yaml"),
@@ -402,9 +422,17 @@ fn the_daemon_helper_process_fetches_renders_and_reports_errors_as_data() {
     );
 
     // A ref that does not exist is the same error as in-process.
-    let missing = run_helper(&sync(GitRef::Tag("v9".into())));
-    assert_eq!(missing["result"], "syncFailed", "{missing}");
-    assert_eq!(missing["error"]["kind"], "refNotFound", "{missing}");
+    let missing = run_helper("sync", sync(GitRef::Tag("v9".into())));
+    assert_eq!(missing["Ok"]["Err"]["kind"], "refNotFound", "{missing}");
+    // An unknown job is an error answer, not a crash.
+    let unknown = run_helper("dance", serde_json::json!({}));
+    assert!(
+        unknown["Err"]
+            .as_str()
+            .unwrap()
+            .contains("unknown helper job"),
+        "{unknown}"
+    );
 }
 
 #[test]
