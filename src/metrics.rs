@@ -472,6 +472,15 @@ impl Metrics {
         self.rollbacks_total.inc();
     }
 
+    /// The daemon confirmed that the cluster matches git without applying anything (a fetch found the
+    /// applied commit, a drift check found no drift): stamp the last success and clear the failing
+    /// series, without counting a reconcile.
+    pub fn converged(&self) {
+        self.last_success_now();
+        let _g = self.single_series.lock().unwrap_or_else(|e| e.into_inner());
+        self.reconcile_failing.clear();
+    }
+
     /// Stamp `pailot_last_success_timestamp_seconds` with the current time.
     pub fn last_success_now(&self) {
         self.last_success.set(crate::clock::unix_now_f64());

@@ -327,6 +327,8 @@ struct Memory {
     pending: bool,
     /// `active` as last seen (a change to true forces a reconcile; a repeated true does not).
     was_active: bool,
+    /// The loop's own receiver of `active` (its seen-version tracks what the loop has handled).
+    gate: watch::Receiver<bool>,
     /// The gate's sender was dropped (stop polling it).
     gate_gone: bool,
     next_drift: Instant,
@@ -360,13 +362,16 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             st.failed_revision = persisted.last_failed_revision.clone();
         });
         let drift_interval = self.settings.borrow().drift_interval;
+        let mut gate = self.active.clone();
+        let was_active = *gate.borrow_and_update();
         let mut mem = Memory {
             persisted,
             applied: None,
             healthy: None,
             attempt: 0,
             pending: false,
-            was_active: *self.active.borrow_and_update(),
+            was_active,
+            gate,
             gate_gone: false,
             next_drift: Instant::now() + drift_interval,
             cycle: Cycle::new(Trigger::Startup),
@@ -459,17 +464,16 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
                 trigger: Trigger::Reload,
             };
         }
-        let mut active = self.active.clone();
         tokio::select! {
             biased;
             _ = stop.changed() => State::Stopped,
-            changed = active.changed(), if !mem.gate_gone => {
+            changed = mem.gate.changed(), if !mem.gate_gone => {
                 if changed.is_err() {
                     // The gate's owner is gone: the last value stays; keep serving triggers.
                     mem.gate_gone = true;
                     return State::Idle;
                 }
-                let now = *active.borrow_and_update();
+                let now = *mem.gate.borrow_and_update();
                 let became_active = now && !mem.was_active;
                 mem.was_active = now;
                 if became_active {
@@ -566,6 +570,11 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
         let commit = Some(&revision.commit);
         if !force && mem.persisted.last_applied_revision.as_ref() == commit {
             mem.attempt = 0;
+            if mem.persisted.last_failed_revision.take().is_some() {
+                // The refused commit was reverted: git's head runs again.
+                self.persist(mem);
+            }
+            self.converged();
             return State::Idle;
         }
         if !force && mem.persisted.last_failed_revision.as_ref() == commit {
@@ -1083,6 +1092,9 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             }
         });
         if !correct {
+            if !drifted && mem.persisted.last_failed_revision.is_none() && mem.attempt == 0 {
+                self.converged();
+            }
             return State::Idle;
         }
         mem.cycle = Cycle::new(Trigger::Drift);
@@ -1094,6 +1106,16 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             inventory: applied.inventory.clone(),
             kind: ApplyKind::DriftFix,
         })
+    }
+
+    /// Git's head is what runs (a fetch found the applied commit, or a drift check found nothing to
+    /// correct while no newer commit is refused): an earlier failure is over.
+    fn converged(&self) {
+        self.metrics.converged();
+        self.status.update(|st| {
+            st.errors.clear();
+            st.failed_revision = None;
+        });
     }
 
     /// Metrics, one log line and `/status` for `failure`, without deciding what comes next.

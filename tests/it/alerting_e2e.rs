@@ -210,12 +210,27 @@ fn daemon_config(
 /// with clusters/single-node.yaml plus the short thresholds of alert-values.yaml (a temporary
 /// cluster file: the same path an operator's overlay or cluster values take).
 fn render_rules(tmp: &Path) -> String {
+    let extra = std::fs::read_to_string(fixture().join("alert-values.yaml")).unwrap();
+    let rules = render_rules_with(tmp, &extra);
+    assert!(rules.contains("alert: PailotDriftDetected"), "{rules}");
+    assert!(
+        rules.contains("for: 3s"),
+        "short drift interval not rendered: {rules}"
+    );
+    assert!(
+        rules.contains("for: 5s"),
+        "short failingFor not rendered: {rules}"
+    );
+    rules
+}
+
+/// `pailot.rules` rendered with the prometheus chart values `extra` (one YAML line under `values:`).
+fn render_rules_with(tmp: &Path, extra: &str) -> String {
     let base = std::fs::read_to_string(repo_root().join("clusters/single-node.yaml")).unwrap();
     assert!(
         base.contains("\nvalues:\n"),
         "clusters/single-node.yaml has a values map"
     );
-    let extra = std::fs::read_to_string(fixture().join("alert-values.yaml")).unwrap();
     let tuned = base.replacen(
         "\nvalues:\n",
         &format!("\nvalues:\n  {}\n", extra.trim()),
@@ -236,22 +251,11 @@ fn render_rules(tmp: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     let objs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("render JSON");
-    let rules = objs
-        .iter()
+    objs.iter()
         .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "prometheus-alert")
         .and_then(|o| o["data"]["pailot.rules"].as_str())
         .expect("ConfigMap prometheus-alert with data key pailot.rules")
-        .to_string();
-    assert!(rules.contains("alert: PailotDriftDetected"), "{rules}");
-    assert!(
-        rules.contains("for: 3s"),
-        "short drift interval not rendered: {rules}"
-    );
-    assert!(
-        rules.contains("for: 5s"),
-        "short failingFor not rendered: {rules}"
-    );
-    rules
+        .to_string()
 }
 
 fn start_prometheus(dir: &Path, rules: &str, target: SocketAddr) -> (Proc, SocketAddr) {
@@ -674,6 +678,349 @@ async fn drift_and_broken_commits_fire_pailot_alerts_in_a_real_prometheus() {
     eprintln!(
         "alerting e2e figures: edit→firing {edit_to_firing:?}, repair→resolved {repair_to_resolved:?}, 3 corrected edits→firing {edits_to_firing:?}, bad commit→firing {commit_to_firing:?}"
     );
+    drop(prom);
+    drop(daemon);
+}
+
+/// Thresholds of the every-alert test: each `for` a few seconds, so each cause shows within seconds.
+const ALL_ALERT_VALUES: &str = "prometheus: {pailot: {alerts: {driftMode: correct, interval: 3, staleFactor: 5, failingFor: 3s, corrections: 3, correctionsWindow: 20s, sourceUnreachableFor: 4s, pendingFor: 2s, bootstrapIncompleteFor: 2s, pruneBlockedWindow: 8s, downFor: 3s}}}";
+
+/// The daemon of the every-alert test: a polled `file://` remote, correct mode, a small mass-prune
+/// threshold, and no `--no-bootstrap` (the bootstrap record decides).
+fn start_daemon(cfg: &Path, log: PathBuf) -> Proc {
+    Proc::spawn(
+        "pailot daemon",
+        Command::new(pailot_bin())
+            .args(["daemon", "--config"])
+            .arg(cfg)
+            .env("PAILOT_LOG", "info"),
+        log,
+    )
+}
+
+/// Wait until `name` fires (labels matching `want`), then return the alert.
+async fn fires(
+    prom: SocketAddr,
+    name: &str,
+    want: &[(&str, &str)],
+    limit: Duration,
+    procs: &mut [&mut Proc],
+) -> serde_json::Value {
+    let (alert, took) = poll(limit, &format!("{name} {want:?} firing"), procs, || async {
+        let list = alerts(prom, name).await?;
+        list.iter()
+            .find(|a| a["state"] == "firing" && want.iter().all(|(k, v)| a["labels"][*k] == *v))
+            .cloned()
+            .ok_or_else(|| format!("{list:?}"))
+    })
+    .await;
+    eprintln!("{name} {want:?}: firing after {took:?}");
+    alert
+}
+
+/// Wait until no alert named `name` (with labels matching `want`) is pending or firing.
+async fn resolves(
+    prom: SocketAddr,
+    name: &str,
+    want: &[(&str, &str)],
+    limit: Duration,
+    procs: &mut [&mut Proc],
+) {
+    let (_, took) = poll(
+        limit,
+        &format!("{name} {want:?} resolved"),
+        procs,
+        || async {
+            let list = alerts(prom, name).await?;
+            let left: Vec<_> = list
+                .iter()
+                .filter(|a| want.iter().all(|(k, v)| a["labels"][*k] == *v))
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    )
+    .await;
+    eprintln!("{name} {want:?}: resolved after {took:?}");
+}
+
+/// Push the working tree's `main` to the bare remote.
+fn push(repo: &Path, remote: &Path) {
+    git(
+        repo,
+        &[
+            "push",
+            "-q",
+            "--force",
+            &remote.display().to_string(),
+            "main",
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shipped_alert_fires_from_its_real_cause_and_resolves_after_the_fix() {
+    let Some(ns) = TestNamespace::new("alert-causes").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    deploy_repo(&repo, &ns.name);
+    let remote = tmp.path().join("remote.git");
+    git(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &repo.display().to_string(),
+            &remote.display().to_string(),
+        ],
+    );
+    let state = tmp.path().join("state");
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cfg = tmp.path().join("pailot.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "apiVersion: pailot.dev/v1\nkind: DaemonConfig\nsource:\n  url: file://{}\n  cluster: clusters/test.yaml\n  pollInterval: 1s\n  pollJitter: 0\nkubeconfig: {}\nreconcile:\n  wait: false\n  driftInterval: 2s\n  massPruneThreshold: 3\nserver:\n  listen: \"{listen}\"\nstateDir: {}\n",
+            remote.display(),
+            ns.kubeconfig.display(),
+            state.display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = start_daemon(&cfg, tmp.path().join("daemon.log"));
+    let prom_dir = tmp.path().join("prometheus");
+    std::fs::create_dir_all(&prom_dir).unwrap();
+    let rules = render_rules_with(tmp.path(), ALL_ALERT_VALUES);
+    let (mut prom, p) = start_prometheus(&prom_dir, &rules, listen);
+    let long = Duration::from_secs(45);
+
+    // 1. Incomplete bootstrap: no record, nothing applied.
+    let a = fires(
+        p,
+        "PailotBootstrapIncomplete",
+        &[("item", "record")],
+        long,
+        &mut [&mut daemon, &mut prom],
+    )
+    .await;
+    assert!(
+        a["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("pailot bootstrap"),
+        "{a}"
+    );
+    assert_eq!(
+        replicas(&ns).await,
+        None,
+        "nothing applied without a bootstrap record"
+    );
+    // The fix: bootstrap writes its record; the daemon reads it again and applies.
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("bootstrap.json"),
+        format!(
+            "{{\"apiVersion\":\"pailot.dev/v1\",\"kind\":\"BootstrapRecord\",\"cluster\":\"{}\",\"machine\":\"node-1\",\"pailotVersion\":\"test\",\"complete\":true,\"files\":[],\"nodes\":[],\"updatedAtUnix\":0}}",
+            ns.name
+        ),
+    )
+    .unwrap();
+    resolves(
+        p,
+        "PailotBootstrapIncomplete",
+        &[],
+        long,
+        &mut [&mut daemon, &mut prom],
+    )
+    .await;
+    let ns_ref = &ns;
+    poll(
+        long,
+        "the first apply",
+        &mut [&mut daemon, &mut prom],
+        || async move {
+            match replicas(ns_ref).await {
+                Some(1) => Ok(()),
+                r => Err(format!("{r:?}")),
+            }
+        },
+    )
+    .await;
+
+    // 2. A broken commit.
+    std::fs::copy(
+        fixture().join("broken-cm.yaml"),
+        repo.join("charts/web/templates/cm.yaml"),
+    )
+    .unwrap();
+    commit(&repo, "broken YAML");
+    push(&repo, &remote);
+    let a = fires(
+        p,
+        "PailotReconcileFailing",
+        &[("stage", "render"), ("reason", "invalid_input")],
+        long,
+        &mut [&mut daemon, &mut prom],
+    )
+    .await;
+    assert!(
+        a["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("pailot status"),
+        "{a}"
+    );
+    git(
+        &repo,
+        &["checkout", "HEAD~1", "--", "charts/web/templates/cm.yaml"],
+    );
+    commit(&repo, "fixed");
+    push(&repo, &remote);
+    resolves(
+        p,
+        "PailotReconcileFailing",
+        &[],
+        long,
+        &mut [&mut daemon, &mut prom],
+    )
+    .await;
+
+    // 3. Over budget: 40Gi on the 16Gi machine.
+    std::fs::write(
+        repo.join("charts/web/values.yaml"),
+        "greeting: hello\nreplicas: 1\nmemory: 40Gi\n",
+    )
+    .unwrap();
+    commit(&repo, "40Gi");
+    push(&repo, &remote);
+    fires(
+        p,
+        "PailotReconcileFailing",
+        &[("stage", "plan"), ("reason", "over_budget")],
+        long,
+        &mut [&mut daemon, &mut prom],
+    )
+    .await;
+    std::fs::write(
+        repo.join("charts/web/values.yaml"),
+        "greeting: hello\nreplicas: 1\n",
+    )
+    .unwrap();
+    commit(&repo, "back to 64Mi");
+    push(&repo, &remote);
+    resolves(
+        p,
+        "PailotReconcileFailing",
+        &[],
+        long,
+        &mut [&mut daemon, &mut prom],
+    )
+    .await;
+
+    // 4. A mass prune refused: six ConfigMaps applied, then removed at once (threshold 3).
+    let six: String = (0..6)
+        .map(|i| format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra-{i}\ndata:\n  i: \"{i}\"\n"))
+        .collect();
+    std::fs::write(repo.join("charts/web/templates/extra.yaml"), &six).unwrap();
+    commit(&repo, "six more");
+    push(&repo, &remote);
+    poll(
+        long,
+        "the six ConfigMaps",
+        &mut [&mut daemon, &mut prom],
+        || async move {
+            let cms: kube::Api<ConfigMap> = ns_ref.api();
+            match cms.get_opt("extra-5").await {
+                Ok(Some(_)) => Ok(()),
+                r => Err(format!("{r:?}")),
+            }
+        },
+    )
+    .await;
+    std::fs::remove_file(repo.join("charts/web/templates/extra.yaml")).unwrap();
+    commit(&repo, "drop them");
+    push(&repo, &remote);
+    let a = fires(
+        p,
+        "PailotPruneBlocked",
+        &[("reason", "mass_prune_threshold")],
+        long,
+        &mut [&mut daemon, &mut prom],
+    )
+    .await;
+    assert!(
+        a["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("pailot diff"),
+        "{a}"
+    );
+    // The fix: put them back (or raise the threshold); the alert resolves once the window passes.
+    std::fs::write(repo.join("charts/web/templates/extra.yaml"), &six).unwrap();
+    commit(&repo, "keep them");
+    push(&repo, &remote);
+    resolves(
+        p,
+        "PailotPruneBlocked",
+        &[],
+        long,
+        &mut [&mut daemon, &mut prom],
+    )
+    .await;
+    resolves(
+        p,
+        "PailotReconcileFailing",
+        &[],
+        long,
+        &mut [&mut daemon, &mut prom],
+    )
+    .await;
+
+    // 5. The remote goes away: fetches fail (unreachable), no success confirms the cluster (stale).
+    let moved = tmp.path().join("remote-away.git");
+    std::fs::rename(&remote, &moved).unwrap();
+    fires(
+        p,
+        "PailotSourceUnreachable",
+        &[],
+        long,
+        &mut [&mut daemon, &mut prom],
+    )
+    .await;
+    fires(p, "PailotStale", &[], long, &mut [&mut daemon, &mut prom]).await;
+    std::fs::rename(&moved, &remote).unwrap();
+    resolves(
+        p,
+        "PailotSourceUnreachable",
+        &[],
+        long,
+        &mut [&mut daemon, &mut prom],
+    )
+    .await;
+    resolves(p, "PailotStale", &[], long, &mut [&mut daemon, &mut prom]).await;
+
+    // 6. The daemon dies; it comes back.
+    drop(daemon);
+    fires(p, "PailotDown", &[], long, &mut [&mut prom]).await;
+    let mut daemon = start_daemon(&cfg, tmp.path().join("daemon-2.log"));
+    resolves(p, "PailotDown", &[], long, &mut [&mut daemon, &mut prom]).await;
+
+    // Nothing else is left firing.
+    let (_, body) = http_get(p, "/api/v1/alerts").await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let firing: Vec<&serde_json::Value> = v["data"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["state"] == "firing")
+        .collect();
+    assert!(firing.is_empty(), "{firing:?}");
     drop(prom);
     drop(daemon);
 }

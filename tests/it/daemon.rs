@@ -418,11 +418,36 @@ async fn webhook_good_signature_triggers_a_fetch_bad_one_gets_401() {
     );
 
     let good = github_signature(b"s3cret", body);
+    // A signed ping (sent when the webhook is created) and a signed non-push event fetch nothing.
+    let (code, text) = http(
+        d.addr,
+        "POST",
+        "/hooks/git",
+        &[("X-Hub-Signature-256", &good), ("X-GitHub-Event", "ping")],
+        body,
+    )
+    .await;
+    assert_eq!(code, 200, "ping: {text}");
     let (code, _) = http(
         d.addr,
         "POST",
         "/hooks/git",
-        &[("X-Hub-Signature-256", &good)],
+        &[("X-Hub-Signature-256", &good), ("X-GitHub-Event", "issues")],
+        body,
+    )
+    .await;
+    assert_eq!(code, 400, "not a push event");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fetches(&d.metrics().await),
+        before,
+        "ping/issues fetch nothing"
+    );
+    let (code, _) = http(
+        d.addr,
+        "POST",
+        "/hooks/git",
+        &[("X-Hub-Signature-256", &good), ("X-GitHub-Event", "push")],
         body,
     )
     .await;

@@ -1,5 +1,5 @@
 //! Metrics against real Prometheus tools: `promtool check metrics` on a scrape, and a real Prometheus
-//! that scrapes the server, loads pailot's rendered alert rules, fires one, and runs every dashboard query.
+//! that scrapes the server, loads pailot's rendered alert rules (each evaluates cleanly), and runs every dashboard query.
 //!
 //! Both need Debian's `prometheus` package (promtool, prometheus); they fail when it is missing
 //! unless `PAILOT_SKIP_PROMTOOL=1` says to skip them.
@@ -281,35 +281,7 @@ async fn real_prometheus_scrapes_evaluates_rules_and_runs_dashboard_queries() {
     )
     .await;
 
-    // 2. A prune is blocked after Prometheus has seen the counter at its old value: the
-    //    PailotPruneBlocked alert (for: 0m) must fire, read from /api/v1/alerts.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    metrics.inc_prune_blocked(PruneBlockedReason::MassPruneThreshold);
-    let fired = wait_for(
-        Duration::from_secs(30),
-        "PailotPruneBlocked to fire",
-        &dir,
-        || async {
-            let v = api(&prom, "/api/v1/alerts").await?;
-            v["data"]["alerts"]
-                .as_array()?
-                .iter()
-                .find(|a| {
-                    a["labels"]["alertname"] == "PailotPruneBlocked" && a["state"] == "firing"
-                })
-                .cloned()
-        },
-    )
-    .await;
-    assert_eq!(fired["labels"]["reason"], "mass_prune_threshold", "{fired}");
-    assert!(
-        fired["annotations"]["description"]
-            .as_str()
-            .unwrap()
-            .contains("pailot diff"),
-        "{fired}"
-    );
-
+    // 2. (Alerts are proven from their real causes in alerting_e2e, not from synthetic series here.)
     // 3. Every pailot rule loaded and evaluates without error.
     let rules = api(&prom, "/api/v1/rules").await.expect("rules API");
     let group = &rules["data"]["groups"][0];
@@ -330,6 +302,7 @@ async fn real_prometheus_scrapes_evaluates_rules_and_runs_dashboard_queries() {
         "PailotSourceUnreachable",
         "PailotBootstrapIncomplete",
         "PailotPruneBlocked",
+        "PailotDown",
     ] {
         assert!(names.contains(&alert), "{alert} not loaded: {names:?}");
     }
