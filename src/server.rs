@@ -27,9 +27,13 @@ use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_
 
 /// Largest request body accepted (webhook payloads); larger bodies get 413.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
-/// Connections served at once; more are closed on accept, so a flood of slow clients can neither
-/// exhaust the daemon's file descriptors (reconciling needs them) nor its memory.
-pub const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once; more are closed on accept, so a flood of clients can neither exhaust
+/// the daemon's file descriptors (reconciling needs them) nor its memory.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Request bodies (webhooks) read at once; a request beyond it is answered 503 at once, so slow
+/// senders hold a few connections for at most [`BODY_READ_TIMEOUT`] and the rest stay free for
+/// `/healthz`, `/metrics` and `/status`.
+pub const MAX_BODY_READS: usize = 8;
 /// Time a client has to send a request body.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest life of one connection (keep-alive included); a scraper simply reconnects.
@@ -37,7 +41,7 @@ pub const CONNECTION_MAX_AGE: Duration = Duration::from_secs(60);
 /// How long open connections may take to finish after shutdown is requested.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long a client may take to send the request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors of this module (the server itself reports I/O errors as `io::Error`).
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +82,8 @@ pub struct ServerState {
     webhook: Option<Arc<dyn WebhookHandler>>,
     /// Connections being served; a new one beyond [`MAX_CONNECTIONS`] is closed at once.
     connections: Arc<Semaphore>,
+    /// Request bodies being read (see [`MAX_BODY_READS`]).
+    body_reads: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -96,6 +102,7 @@ impl ServerState {
             status,
             webhook: None,
             connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            body_reads: Arc::new(Semaphore::new(MAX_BODY_READS)),
         }
     }
 
@@ -279,6 +286,12 @@ async fn webhook(state: &ServerState, req: Request<Incoming>) -> Response<Full<B
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return too_large();
     }
+    let Ok(_reading) = state.body_reads.clone().try_acquire_owned() else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many webhook requests in progress; retry\n",
+        );
+    };
     let (parts, body) = req.into_parts();
     let read = tokio::time::timeout(
         BODY_READ_TIMEOUT,

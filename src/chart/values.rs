@@ -181,7 +181,7 @@ fn strip_nulls(v: &Value) -> Value {
 /// Validate the FINAL merged values against the chart's `values.schema.json` (when it has one).
 ///
 /// The error names the chart (object), the JSON pointer in the values, and the layer file
-/// that set the offending key.
+/// that set the offending key; it never quotes the offending value (it may be a secret).
 pub fn validate_values(chart: &Chart, merged: &MergedValues) -> Result<(), InputError> {
     let Some(schema) = &chart.schema else {
         return Ok(());
@@ -193,7 +193,13 @@ pub fn validate_values(chart: &Chart, merged: &MergedValues) -> Result<(), Input
     })?;
     let mut errors: Vec<(String, String)> = validator
         .iter_errors(&merged.values)
-        .map(|e| (e.instance_path().as_str().to_string(), e.to_string()))
+        // Never quote the value: it may be a password bound for a Secret. The pointer and line say where it is.
+        .map(|e| {
+            (
+                e.instance_path().as_str().to_string(),
+                e.masked_with("the value").to_string(),
+            )
+        })
         .collect();
     if errors.is_empty() {
         return Ok(());

@@ -49,6 +49,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     init_logging(args.log_json);
+    raise_open_files_limit();
     // Before the runtime starts any thread (see daemon::memory).
     crate::daemon::memory::limit_arenas();
     // Fetch and render in short-lived helper processes (see daemon::helper).
@@ -89,6 +90,24 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         crate::daemon::run(cfg, listener, shutdown, reload_rx, options).await.context("daemon failed")
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raise the soft limit of open files to the hard one (systemd's unit sets `LimitNOFILE`), so that
+/// HTTP clients (capped by `server::MAX_CONNECTIONS`) never take the descriptors reconciling needs.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a stack struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("cannot raise the open files limit");
+            }
+        }
+    }
 }
 
 fn init_logging(json: bool) {

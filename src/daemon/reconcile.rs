@@ -257,6 +257,12 @@ struct ApplyJob {
     kind: ApplyKind,
 }
 
+/// What ends a render before it finishes.
+enum Interruption {
+    Newer(Revision),
+    Reload,
+}
+
 /// The states of the loop, with the data each one carries.
 enum State {
     /// Waiting for a trigger.
@@ -346,7 +352,7 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
     /// the state machine above. Caveat: a stop request ends a fetch or render at once (the helper is
     /// killed), lets an apply finish the objects in flight, writes `state.json`, and returns.
     pub async fn run(
-        mut self,
+        self,
         mut triggers: mpsc::Receiver<Trigger>,
         mut stop: watch::Receiver<bool>,
     ) -> PersistedState {
@@ -397,9 +403,30 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
                     }
                 }
                 State::Rendering { revision } => {
-                    tokio::select! {
-                        s = self.rendering(&mut mem, revision) => s,
-                        _ = stopped(&mut stop) => State::Stopped,
+                    // A render is bounded by the helper's limits; a newer commit or a reload ends it
+                    // sooner (dropping the render kills its helper).
+                    let pinned = Self::pinned(&mem);
+                    let refused = mem.persisted.last_failed_revision.clone();
+                    let current = revision.commit.clone();
+                    let interrupt = self.interruption(&mut triggers, &current, refused, pinned);
+                    let rendered = self.rendering(&mut mem, revision);
+                    let next = tokio::select! {
+                        s = rendered => Ok(s),
+                        i = interrupt => Err(i),
+                        _ = stopped(&mut stop) => Ok(State::Stopped),
+                    };
+                    match next {
+                        Ok(s) => s,
+                        Err(Interruption::Newer(rev)) => {
+                            tracing::info!(rendering = %current, newer = %rev.commit, "a newer commit arrived: the render stops for it");
+                            self.finish(&mut mem, Outcome::Superseded, None);
+                            mem.cycle = Cycle::new(mem.cycle.trigger);
+                            State::Rendering { revision: rev }
+                        }
+                        Err(Interruption::Reload) => State::Fetching {
+                            force: true,
+                            trigger: Trigger::Reload,
+                        },
                     }
                 }
                 State::Applying(job) => {
@@ -788,6 +815,35 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             return self.after_failed_apply(mem, job, failure);
         }
         self.applied(mem, job, &ready)
+    }
+
+    /// Completes when a trigger brings a commit newer than `current` (and not the refused one), or a
+    /// reload arrives; other triggers are counted and dropped (the stage in flight covers them).
+    async fn interruption(
+        &self,
+        triggers: &mut mpsc::Receiver<Trigger>,
+        current: &str,
+        refused: Option<String>,
+        pinned: Vec<String>,
+    ) -> Interruption {
+        loop {
+            let Some(t) = triggers.recv().await else {
+                return std::future::pending().await;
+            };
+            self.count_trigger(t);
+            if t == Trigger::Reload {
+                return Interruption::Reload;
+            }
+            if !t.may_carry_a_revision() {
+                continue;
+            }
+            if let Ok(rev) = self.fetch_pinned(pinned.clone()).await
+                && rev.commit != current
+                && refused.as_ref() != Some(&rev.commit)
+            {
+                return Interruption::Newer(rev);
+            }
+        }
     }
 
     /// Fetch for the supersede check (the pins are computed before the apply starts).
@@ -1363,6 +1419,10 @@ mod tests {
     struct FakeRenderer;
     impl Renderer for FakeRenderer {
         async fn render(&self, revision: &Revision) -> Result<Rendered, Failure> {
+            if revision.commit.starts_with("slow") {
+                // A template that does too much work (bounded only by the helper's time limit).
+                tokio::time::sleep(Duration::from_secs(600)).await;
+            }
             if revision.commit.starts_with("bad") {
                 return Err(Failure::input(
                     Stage::Render,
@@ -1813,6 +1873,24 @@ mod tests {
         h.settle().await;
         assert_eq!(h.applied(), vec!["c2"]);
         assert_eq!(h.st().revision.as_deref(), Some("c2"));
+        h.finish().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_commit_ends_a_slow_render_at_once() {
+        let h = start(
+            FakeSource::new(vec![Ok("slow1")]),
+            FakeApplier::default(),
+            true,
+        );
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(h.st().phase, Some(Phase::Rendering));
+        h.source.set(Ok("c2"));
+        let t = Instant::now();
+        h.triggers.send(Trigger::Watch).await.unwrap();
+        h.settle().await;
+        assert_eq!(h.applied(), vec!["c2"]);
+        assert!(t.elapsed() < Duration::from_secs(1));
         h.finish().await;
     }
 

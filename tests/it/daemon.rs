@@ -157,17 +157,42 @@ pub struct DaemonProcess {
 impl DaemonProcess {
     /// Start it with `config`, whose `server.listen` must be `addr`; logs to `log`.
     pub fn start(config: &Path, addr: SocketAddr, log: PathBuf) -> Self {
+        Self::start_with_open_files(config, addr, log, None)
+    }
+
+    /// Like `start`, with the soft open-files limit the daemon starts with (systemd's default is 1024).
+    pub fn start_with_open_files(
+        config: &Path,
+        addr: SocketAddr,
+        log: PathBuf,
+        soft_nofile: Option<u64>,
+    ) -> Self {
+        use std::os::unix::process::CommandExt;
         let f = std::fs::File::create(&log).unwrap();
-        let child = std::process::Command::new(crate::harness::pailot_bin())
-            .args(["daemon", "--no-bootstrap", "--config"])
+        let mut cmd = std::process::Command::new(crate::harness::pailot_bin());
+        cmd.args(["daemon", "--no-bootstrap", "--config"])
             .arg(config)
             .env("PAILOT_LOG", "info,kube=warn,hyper=warn")
             .env_remove("NOTIFY_SOCKET")
             .stdin(std::process::Stdio::null())
             .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .expect("start pailot daemon");
+            .stderr(f);
+        if let Some(soft) = soft_nofile {
+            // SAFETY: getrlimit/setrlimit only, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().expect("start pailot daemon");
         DaemonProcess { child, addr, log }
     }
 
@@ -177,6 +202,38 @@ impl DaemonProcess {
         let lines: Vec<&str> = text.lines().collect();
         let from = lines.len().saturating_sub(60);
         format!("--- daemon log (tail) ---\n{}", lines[from..].join("\n"))
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its child processes (the fetch/render helpers in flight).
+    pub fn children(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return out;
+        };
+        for t in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
+        }
+        out
+    }
+
+    /// Its resident memory in bytes (`VmRSS`).
+    pub fn rss(&self) -> u64 {
+        let text =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
     }
 
     /// The whole log.

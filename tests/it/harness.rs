@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 /// that a regression test fails against an older build).
 pub fn pailot_bin() -> PathBuf {
     std::env::var_os("PAILOT_TEST_BIN")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pailot")))
 }

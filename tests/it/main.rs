@@ -7,6 +7,7 @@ mod budget;
 mod chart;
 mod cluster_smoke;
 mod daemon;
+mod daemon_limits;
 mod daemon_notify;
 mod daemon_outage;
 mod diff;

@@ -21,7 +21,7 @@ use crate::source::TempRepo;
 
 /// A deployment repository for `ns` (cluster and ApplySet named after it): chart `db` (a ConfigMap) and
 /// chart `web` (a ConfigMap and a Deployment) that depends on it, on one 16Gi machine.
-fn repo(ns: &str) -> TempRepo {
+pub(crate) fn repo(ns: &str) -> TempRepo {
     let repo = TempRepo::new();
     repo.write(
         "charts/db/Chart.yaml",
@@ -76,7 +76,7 @@ fn set_value(repo: &TempRepo, key: &str, value: &str) -> String {
 }
 
 /// `pailot ARGS --repo R -c clusters/test.yaml --kubeconfig K`.
-fn cli(repo: &TempRepo, ns: &TestNamespace, args: &[&str]) -> Run {
+pub(crate) fn cli(repo: &TempRepo, ns: &TestNamespace, args: &[&str]) -> Run {
     let repo_arg = repo.path().display().to_string();
     let kc = ns.kubeconfig.display().to_string();
     let mut all: Vec<&str> = args.to_vec();
@@ -91,13 +91,18 @@ fn cli(repo: &TempRepo, ns: &TestNamespace, args: &[&str]) -> Run {
     pailot_in(repo.path(), &all)
 }
 
-fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     let port = crate::alerting_e2e::free_port();
     format!("127.0.0.1:{port}").parse().unwrap()
 }
 
 /// Start the real daemon on `repo` with `extra` config (YAML appended under `reconcile:` etc.).
-fn daemon(dir: &Path, repo: &TempRepo, ns: &TestNamespace, extra: &str) -> DaemonProcess {
+pub(crate) fn daemon(
+    dir: &Path,
+    repo: &TempRepo,
+    ns: &TestNamespace,
+    extra: &str,
+) -> DaemonProcess {
     let addr = free_addr();
     let cfg = write_config(
         dir,
@@ -108,7 +113,7 @@ fn daemon(dir: &Path, repo: &TempRepo, ns: &TestNamespace, extra: &str) -> Daemo
     DaemonProcess::start(&cfg, addr, dir.join("daemon.log"))
 }
 
-async fn wait_applied(d: &mut DaemonProcess, commit: &str, limit: Duration) -> Value {
+pub(crate) async fn wait_applied(d: &mut DaemonProcess, commit: &str, limit: Duration) -> Value {
     d.wait_status(limit, &format!("revision {commit} applied"), |s| {
         s["revision"] == commit && s["lastReconcile"]["result"] == "success"
     })
@@ -132,7 +137,7 @@ fn memory_request(d: &Deployment) -> String {
 }
 
 /// A daemon reconciling the namespace, a drift check that never fires by itself, and health waits off.
-const NO_WAIT: &str = "reconcile:\n  wait: false\n  driftInterval: 1h\n";
+pub(crate) const NO_WAIT: &str = "reconcile:\n  wait: false\n  driftInterval: 1h\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_inventory_daemon_applies_diff_is_clean_uninstall_removes_all_in_reverse_order() {
