@@ -410,14 +410,18 @@ fn plan_managed(
                 &format!("{NODE_KUBECONFIG_DIR}/{}.conf", other.name),
             ));
         }
+        let mut kubeconfig_files = vec![];
+        let mut kubeconfig_decisions = vec![];
         for k in &kubeconfigs {
             let (file, decision) = kubeconfig::plan(k, &ctx, ca, &cluster.name, &server)?;
-            plan.files.extend(file.map(credential));
-            plan.certificates.push(decision);
+            kubeconfig_files.extend(file.map(credential));
+            kubeconfig_decisions.push(decision);
         }
         plan.files
             .extend(pki_plan.files.into_iter().map(credential));
+        plan.files.extend(kubeconfig_files);
         plan.certificates.extend(pki_plan.decisions);
+        plan.certificates.extend(kubeconfig_decisions);
     } else {
         plan_worker_credentials(machine, cluster, &ctx, plan)?;
     }
