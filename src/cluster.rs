@@ -571,17 +571,14 @@ impl Cluster {
             serde_saphyr::options! { legacy_octal_numbers: true },
         )
         .unwrap_or_default();
-        let at = |e: InputError, line: Option<usize>| match line.filter(|l| *l > 0) {
-            Some(l) => e.at(l, 1),
+        let at = |e: InputError, pos: Option<(usize, usize)>| match pos.filter(|(l, _)| *l > 0) {
+            Some((l, c)) => e.at(l, c.max(1)),
             None => e,
         };
-        let machine_line = |i: usize| {
-            lines
-                .machines
-                .get(i)
-                .and_then(|m| m.name.as_ref())
-                .map(|s| s.referenced.line() as usize)
+        let pos = |s: &serde_saphyr::Spanned<String>| {
+            (s.referenced.line() as usize, s.referenced.column() as usize)
         };
+        let machine_line = |i: usize| lines.machines.get(i).and_then(|m| m.name.as_ref()).map(pos);
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, m) in self.machines.iter().enumerate() {
             if !is_dns1123_label(&m.name) {
@@ -617,7 +614,7 @@ impl Cluster {
                 .0
                 .iter()
                 .find(|(s, _)| s.value == k)
-                .map(|(s, _)| s.referenced.line() as usize)
+                .map(|(s, _)| pos(s))
         };
         let endpoint_line = |k: &str, j: usize| {
             lines
@@ -626,7 +623,7 @@ impl Cluster {
                 .iter()
                 .find(|(s, _)| s.value == k)
                 .and_then(|(_, eps)| eps.get(j))
-                .map(|s| s.referenced.line() as usize)
+                .map(pos)
         };
         for (registry, endpoints) in &self.mirrors {
             if !is_registry_host(registry) {

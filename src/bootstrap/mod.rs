@@ -259,6 +259,24 @@ pub fn under_root(root: &Path, host_path: &str) -> PathBuf {
     root.join(host_path.trim_start_matches('/'))
 }
 
+/// `path` with its deepest existing ancestor resolved (symlinks followed) and the rest appended.
+fn resolve_existing_prefix(path: &Path) -> PathBuf {
+    let mut rest = vec![];
+    let mut cur = path.to_path_buf();
+    loop {
+        if let Ok(r) = std::fs::canonicalize(&cur) {
+            return rest.iter().rev().fold(r, |acc: PathBuf, c| acc.join(c));
+        }
+        match (cur.file_name().map(|n| n.to_os_string()), cur.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                cur = parent.to_path_buf();
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
 /// `<root>/<host path>` for a path bootstrap writes or removes: the host path must be absolute without
 /// `.`/`..` components, and no existing directory on the way may resolve (through a symlink) outside `root`.
 pub fn checked_under_root(root: &Path, host_path: &str) -> Result<PathBuf, Error> {
@@ -277,13 +295,14 @@ pub fn checked_under_root(root: &Path, host_path: &str) -> Result<PathBuf, Error
         return Err(escape("it has a '.' or '..' component"));
     }
     let real = under_root(root, host_path);
-    let root_real = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-    // The deepest directory on the way that exists decides where the write really lands.
+    let root_real = resolve_existing_prefix(root);
+    // The deepest directory on the way that exists decides where the write really lands; when that is
+    // above the root, the root does not exist yet and everything is created inside it.
     let mut dir = real.parent();
     while let Some(d) = dir {
         match std::fs::canonicalize(d) {
             Ok(resolved) => {
-                if !resolved.starts_with(&root_real) {
+                if !resolved.starts_with(&root_real) && !root_real.starts_with(&resolved) {
                     return Err(escape(&format!(
                         "{} resolves to {}",
                         d.display(),
