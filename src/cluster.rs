@@ -429,16 +429,20 @@ impl Cluster {
     }
 }
 
-/// True when `s` is a DNS-1123 label (`[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters),
-/// the rule for Kubernetes node names pailot derives labels and file names from.
-pub fn is_dns1123_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
+/// True when `s` is a machine name pailot accepts: a Kubernetes node name (a DNS-1123 subdomain: dot-separated
+/// labels of lowercase letters, digits and `-`) that is also a label value (at most 63 characters), since
+/// it becomes `kubernetes.io/hostname`. paictl named nodes by their IP address, which this allows; nothing
+/// with `/`, `..`, upper case or a leading `.` or `-` passes, so it is safe in a file name.
+pub fn is_machine_name(s: &str) -> bool {
+    let label = |l: &str| {
+        let b = l.as_bytes();
+        !b.is_empty()
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            && b[0] != b'-'
+            && b[b.len() - 1] != b'-'
+    };
+    !s.is_empty() && s.len() <= 63 && s.split('.').all(label)
 }
 
 /// True when `s` is a registry host as containerd's `certs.d/<host>` and image references name it:
@@ -561,7 +565,7 @@ impl Cluster {
         }
     }
 
-    /// Check what serde cannot: machine names are unique DNS-1123 labels, registry mirror keys are
+    /// Check what serde cannot: machine names are unique node names (see [`is_machine_name`]), registry mirror keys are
     /// `host[:port]` and endpoints are URLs (each becomes a path or a TOML key bootstrap writes).
     /// `text` is the file's YAML, read again for the line of the offending name.
     pub fn check_names(&self, text: &str, file: &str) -> Result<(), crate::diag::InputError> {
@@ -581,12 +585,12 @@ impl Cluster {
         let machine_line = |i: usize| lines.machines.get(i).and_then(|m| m.name.as_ref()).map(pos);
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, m) in self.machines.iter().enumerate() {
-            if !is_dns1123_label(&m.name) {
+            if !is_machine_name(&m.name) {
                 return Err(at(
                     InputError::new(
                         file,
                         format!(
-                            "machine name {:?} is not a DNS-1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)",
+                            "machine name {:?} is not a node name (DNS-1123: lowercase letters, digits, '-' and '.', each part starting and ending with a letter or digit, at most 63 characters)",
                             m.name
                         ),
                     )
@@ -658,12 +662,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dns1123_labels() {
-        for ok in ["a", "pai-node-1", "0", &"x".repeat(63)] {
-            assert!(is_dns1123_label(ok), "{ok}");
+    fn machine_names_are_node_names_usable_as_label_values() {
+        for ok in [
+            "a",
+            "pai-node-1",
+            "0",
+            "192.168.10.5",
+            "worker1.lab.example",
+            &"x".repeat(63),
+        ] {
+            assert!(is_machine_name(ok), "{ok}");
         }
-        for bad in ["", "-a", "a-", "A", "a.b", "a_b", "../x", &"x".repeat(64)] {
-            assert!(!is_dns1123_label(bad), "{bad}");
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "../x",
+            "a/b",
+            ".a",
+            "a.",
+            "a..b",
+            &"x".repeat(64),
+        ] {
+            assert!(!is_machine_name(bad), "{bad}");
         }
     }
 

@@ -940,10 +940,10 @@ fn names_that_would_leave_the_root_are_input_errors() {
     );
     assert!(h.record().is_none());
     assert!(!h.t.path().join("x").exists() && !h.root.parent().unwrap().join("x").exists());
-    // Machine names become node names, label values and file names: unique DNS-1123 labels only.
+    // Machine names become node names, label values and file names: unique DNS-1123 names of at most 63 characters.
     for (edit, msg) in [(
         "name: pai-node-1",
-        "machine name \"Pai_Node\" is not a DNS-1123 label",
+        "machine name \"Pai_Node\" is not a node name",
     )] {
         let h = Host::new("pai-node-1", |t| t.replacen(edit, "name: Pai_Node", 1));
         let r = h.run(&["--skip-api"]);
@@ -1297,4 +1297,84 @@ async fn the_control_plane_starts_from_the_pki_and_kubeconfigs_bootstrap_wrote()
     tokio::task::spawn_blocking(move || cp.stop())
         .await
         .unwrap();
+}
+
+/// Run `pailot ARGS` on a pseudo-terminal (util-linux `script`) with `input` typed on it.
+fn pailot_on_terminal(args: &[String], input: &str) -> Option<Run> {
+    let script = Path::new("/usr/bin/script");
+    if !script.exists() {
+        assert!(
+            std::env::var_os("PAILOT_SKIP_TTY").is_some(),
+            "/usr/bin/script (util-linux) not found: install it or set PAILOT_SKIP_TTY=1"
+        );
+        return None;
+    }
+    let quoted: Vec<String> = std::iter::once(crate::harness::pailot_bin().display().to_string())
+        .chain(args.iter().cloned())
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
+    let mut child = Command::new(script)
+        .args(["-qec", &quoted.join(" "), "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    Some(child.wait_with_output().unwrap().into())
+}
+
+#[test]
+fn reset_include_pki_asks_twice_on_a_terminal() {
+    let h = Host::new("pai-node-1", |t| t);
+    assert_eq!(h.run(&["--skip-api"]).code, 0);
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "bootstrap",
+            "--cluster",
+            h.cluster.to_str().unwrap(),
+            "--root",
+            h.root.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    // The second answer is not the cluster name: nothing is removed.
+    let Some(r) = pailot_on_terminal(
+        &args(&["--reset", "--include-pki", "--skip-api"]),
+        "yes\nnope\n",
+    ) else {
+        return;
+    };
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let out = r.stdout.clone() + &r.stderr;
+    assert!(
+        out.contains("--include-pki removes the cluster's CA"),
+        "{out}"
+    );
+    assert!(out.contains("Type the cluster name (single-node)"), "{out}");
+    assert!(
+        out.contains("reset cancelled: nothing was changed"),
+        "{out}"
+    );
+    assert!(h.file("/etc/kubernetes/pki/ca.key").is_file());
+    assert!(h.file("/etc/kubernetes/manifests/etcd.yaml").is_file());
+    // Both answers right: everything bootstrap wrote is gone.
+    let r = pailot_on_terminal(
+        &args(&["--reset", "--include-pki", "--skip-api"]),
+        "yes\nsingle-node\n",
+    )
+    .unwrap();
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(!h.file("/etc/kubernetes/pki/ca.key").exists());
+    assert!(h.record().is_none());
 }
