@@ -261,7 +261,11 @@ fn pod_items(object: &str, spec: &Value) -> (Vec<BudgetItem>, Amounts) {
 
 /// True when `labels` satisfy the pod's `nodeSelector` and required node affinity.
 pub fn node_matches(spec: &Value, machine: &Machine) -> bool {
-    let labels = machine.node_labels();
+    let mut labels = machine.node_labels();
+    // The kubelet labels its node with the OS itself; every pailot machine runs Linux.
+    labels
+        .entry("kubernetes.io/os".into())
+        .or_insert_with(|| "linux".into());
     if let Some(sel) = spec.get("nodeSelector").and_then(Value::as_object) {
         for (k, v) in sel {
             if labels.get(k).map(String::as_str) != Some(v.as_str().unwrap_or("")) {

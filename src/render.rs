@@ -70,6 +70,7 @@ pub fn load_cluster(path: &Path, shown: &str) -> Result<Cluster, InputError> {
             InputError::new(shown, "a cluster needs at least one machine").place("machines"),
         );
     }
+    cluster.check_names(&text, shown)?;
     Ok(cluster)
 }
 

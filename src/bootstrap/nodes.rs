@@ -58,6 +58,29 @@ pub async fn wait_readyz(client: &Client, timeout: Duration) -> Result<(), Error
     }
 }
 
+/// Wait until node `name` is registered (until `deadline`).
+pub async fn wait_registered(client: &Client, name: &str, deadline: Instant) -> Result<(), Error> {
+    let api: Api<Node> = Api::all(client.clone());
+    let started = Instant::now();
+    loop {
+        let got = api.get_opt(name).await.map_err(|source| Error::Kube {
+            action: format!("get Node/{name}"),
+            source,
+        })?;
+        if got.is_some() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout {
+                what: format!("Node/{name} to register (is its kubelet running?)"),
+                seconds: started.elapsed().as_secs(),
+                last: None,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 fn missing_or_changed(
     want: &BTreeMap<String, String>,
     have: Option<&BTreeMap<String, String>>,

@@ -14,6 +14,7 @@ pub fn sample_cluster() -> Cluster {
         api_version: "pailot.dev/v1".into(),
         kind: "Cluster".into(),
         name: "lint".into(),
+        control_plane: Default::default(),
         overlays: vec![],
         namespace: "default".into(),
         data_path: "/datastorage".into(),
@@ -45,6 +46,19 @@ pub fn sample_cluster() -> Cluster {
     }
 }
 
+/// The sample cluster with `n` machines (the first keeps every role, the others are workers).
+pub fn sample_cluster_of(n: usize) -> Cluster {
+    let mut c = sample_cluster();
+    for i in 2..=n {
+        let mut m = c.machines[0].clone();
+        m.name = format!("pai-node-{i}");
+        m.address = format!("10.0.0.{}", 10 + i);
+        m.roles = vec![Role::PaiWorker];
+        c.machines.push(m);
+    }
+    c
+}
+
 /// Lint the chart in `dir` (whose repository root is `root`). `Err` means unreadable input
 /// (no `Chart.yaml`); `Ok(problems)` lists what is wrong (empty when the chart is fine).
 pub fn lint_chart(root: &Path, dir: &Path) -> Result<Vec<InputError>, InputError> {
@@ -70,25 +84,27 @@ pub fn lint_chart(root: &Path, dir: &Path) -> Result<Vec<InputError>, InputError
     if let Err(e) = validate_values(&chart, &merged) {
         problems.push(e);
     }
-    let cluster = sample_cluster();
-    let ctx = RenderContext {
-        cluster: cluster.template_context(),
-        release: json!({"name": cluster.name, "namespace": cluster.namespace, "revision": "local"}),
-        record_origins: true,
-    };
-    match render_chart(&chart, &merged, &ctx) {
-        Ok(docs) => {
-            if docs.is_empty()
-                && chart.rendered_templates().next().is_some()
-                && !chart.meta.bootstrap
-            {
-                problems.push(InputError::new(
-                    &chart.rel_dir,
-                    "templates render no objects against the sample cluster",
-                ));
+    // A chart may render nothing on one machine (flannel) but must render something somewhere.
+    let mut rendered_any = false;
+    for cluster in [sample_cluster(), sample_cluster_of(3)] {
+        let ctx = RenderContext {
+            cluster: cluster.template_context(),
+            release: json!({"name": cluster.name, "namespace": cluster.namespace, "revision": "local"}),
+            record_origins: true,
+        };
+        match render_chart(&chart, &merged, &ctx) {
+            Ok(docs) => rendered_any |= !docs.is_empty(),
+            Err(e) => {
+                problems.push(e);
+                return Ok(problems);
             }
         }
-        Err(e) => problems.push(e),
+    }
+    if !rendered_any && chart.rendered_templates().next().is_some() && !chart.meta.bootstrap {
+        problems.push(InputError::new(
+            &chart.rel_dir,
+            "templates render no objects against the sample clusters (one and three machines)",
+        ));
     }
     Ok(problems)
 }

@@ -8,11 +8,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::{EXIT_DIFF, RepoArgs, UsageError};
-use crate::cluster::{Cluster, Machine};
+use crate::cluster::{Cluster, ControlPlane, Machine};
 use crate::manifest::RenderedSet;
 use crate::preflight::{
-    GPU_OVERLAY, HostRoot, LOWMEM_OVERLAY, MemoryBudget, PreflightInput, Report, SystemCommands,
-    required_ports,
+    ApiProbe, GPU_OVERLAY, HostRoot, LOWMEM_OVERLAY, MemoryBudget, PreflightInput, Report,
+    SystemCommands, required_ports,
 };
 use crate::render::{RenderRequest, render};
 
@@ -37,6 +37,58 @@ pub struct HostArgs {
     /// Connect timeout for each registry mirror, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub mirror_timeout_ms: u64,
+    /// Kubeconfig for the API (default: $KUBECONFIG, then ~/.kube/config, then in-cluster; bootstrap of a
+    /// managed control plane uses the admin.conf it wrote).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// The client configuration from `kubeconfig`, or the default one (`$KUBECONFIG`, `~/.kube/config`, in-cluster).
+pub async fn kube_config(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Config> {
+    Ok(match kubeconfig {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(p)
+                .with_context(|| format!("reading kubeconfig {}", p.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("loading kubeconfig {}", p.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("finding a kubeconfig (pass --kubeconfig)")?,
+    })
+}
+
+/// A client from `kubeconfig` (see [`kube_config`]).
+pub async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+    Ok(kube::Client::try_from(kube_config(kubeconfig).await?)?)
+}
+
+/// A single-threaded runtime for the CLI's few API calls.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// `GET /version` of the cluster `kubeconfig` points at (10 s at most).
+fn probe_api(kubeconfig: Option<&Path>) -> ApiProbe {
+    let mut server = "the API server".to_string();
+    let version = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(async {
+            let config = kube_config(kubeconfig)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            server = config.cluster_url.to_string();
+            let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+            match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
+                Ok(Ok(info)) => Ok(info.git_version),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no answer within 10 s".into()),
+            }
+        })
+    });
+    ApiProbe { server, version }
 }
 
 #[derive(clap::Args, Debug)]
@@ -169,12 +221,17 @@ pub fn prepare(repo: &RepoArgs, host: &HostArgs) -> anyhow::Result<Prepared> {
     } else {
         None
     };
+    let api = (cluster.control_plane == ControlPlane::External)
+        .then(|| probe_api(host.kubeconfig.as_deref()));
     let input = PreflightInput {
         root: host.root.clone(),
         gpu_overlay: overlays.iter().any(|o| o == GPU_OVERLAY),
         required_ports: required_ports(&cluster, &machine, &set),
         mirrors: cluster.mirrors.clone(),
         mirror_timeout: Duration::from_millis(host.mirror_timeout_ms),
+        control_plane: cluster.control_plane,
+        pod_network: cluster.pod_network(),
+        api,
         selected,
         lowmem,
         machine,

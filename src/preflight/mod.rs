@@ -19,7 +19,7 @@ use serde::Serialize;
 pub use host::{CommandOutput, FixedCommands, HostCommands, HostRoot, SystemCommands};
 pub use ports::{RequiredPort, STATIC_POD_ANNOTATION, required_ports};
 
-use crate::cluster::Machine;
+use crate::cluster::{Cni, ControlPlane, Machine};
 
 /// The overlay suggested when the selected overlays do not fit a small machine.
 pub const LOWMEM_OVERLAY: &str = "single-node-lowmem";
@@ -94,7 +94,27 @@ pub struct PreflightInput {
     pub mirrors: BTreeMap<String, Vec<String>>,
     /// Connect timeout for each mirror endpoint.
     pub mirror_timeout: Duration,
+    /// Who runs the control plane: an external one is probed through the API, a managed one needs the
+    /// kubelet and CNI packages on the host.
+    pub control_plane: ControlPlane,
+    /// The pod network bootstrap sets up (which CNI plugins must be installed).
+    pub pod_network: Cni,
+    /// What the API server answered (external control plane only; `None` when not probed).
+    pub api: Option<ApiProbe>,
 }
+
+/// The answer of the API server to `GET /version`, probed by the CLI.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiProbe {
+    pub server: String,
+    /// `gitVersion` (`v1.37.2`, `v1.31.4+k3s1`), or why the API did not answer.
+    pub version: Result<String, String>,
+}
+
+/// The oldest Kubernetes minor the charts support (`kubeVersion: ">=1.30"` of the kubernetes chart).
+pub const MIN_KUBE_MINOR: (u32, u32) = (1, 30);
+/// The newest Kubernetes minor pailot is built and tested against (k8s-openapi feature `v1_37`).
+pub const MAX_KUBE_MINOR: (u32, u32) = (1, 37);
 
 /// All checks for one machine.
 #[derive(Clone, Debug, Serialize)]
@@ -169,7 +189,13 @@ pub fn run(input: &PreflightInput, cmds: &dyn HostCommands) -> Report {
     checks.push(check_memory(&host, input));
     checks.push(check_swap(&host));
     checks.push(check_cgroup(&host));
-    checks.push(check_runtime(&host, cmds, !input.mirrors.is_empty()));
+    checks.push(check_runtime(&host, cmds, input));
+    if input.control_plane == ControlPlane::Managed {
+        checks.extend(check_node_packages(&host, input.pod_network));
+    }
+    if let Some(api) = &input.api {
+        checks.push(check_api(api));
+    }
     checks.extend(check_ports(&host, &input.required_ports));
     checks.push(check_time(&host, cmds));
     checks.push(check_gpu(&host, cmds, input));
@@ -348,13 +374,153 @@ const RUNTIMES: &[(&str, &str, &[&str])] = &[
     ("/var/run/crio/crio.sock", "cri-o", &["crio", "--version"]),
 ];
 
-fn check_runtime(host: &HostRoot, cmds: &dyn HostCommands, mirrors: bool) -> Check {
+/// Package managers pailot names packages for, from `/etc/os-release` `ID` and `ID_LIKE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Distro {
+    Debian,
+    Fedora,
+    Other,
+}
+
+fn distro(host: &HostRoot) -> Distro {
+    let os = host.os_release().unwrap_or_default();
+    let ids = format!(
+        "{} {}",
+        os.get("ID").map(String::as_str).unwrap_or(""),
+        os.get("ID_LIKE").map(String::as_str).unwrap_or("")
+    );
+    let has = |w: &str| ids.split_whitespace().any(|i| i == w);
+    if has("debian") || has("ubuntu") {
+        Distro::Debian
+    } else if has("fedora") || has("rhel") || has("centos") {
+        Distro::Fedora
+    } else {
+        Distro::Other
+    }
+}
+
+/// What to install, per distribution: `containerd`, `cni` or `kubelet`.
+fn install_hint(host: &HostRoot, what: &str) -> String {
+    match (distro(host), what) {
+        (Distro::Debian, "containerd") => {
+            "apt install containerd (1.7+: Debian 13, Ubuntu 24.04) && systemctl enable --now containerd".into()
+        }
+        (Distro::Fedora, "containerd") => "dnf install containerd && systemctl enable --now containerd".into(),
+        (_, "containerd") => "install containerd 1.7+ and `systemctl enable --now containerd`".into(),
+        (Distro::Debian, "cni") => "apt install containernetworking-plugins".into(),
+        (Distro::Fedora, "cni") => "dnf install containernetworking-plugins (and link its plugins into /usr/lib/cni)".into(),
+        (_, "cni") => "install the CNI reference plugins (bridge, host-local, loopback, portmap) into /usr/lib/cni".into(),
+        (Distro::Debian, _) => {
+            "apt install kubelet from the Kubernetes package repository (pkgs.k8s.io; Debian and Ubuntu do not ship the kubelet)".into()
+        }
+        (Distro::Fedora, _) => "dnf install kubelet from the Kubernetes package repository (pkgs.k8s.io)".into(),
+        _ => "install the kubelet (pkgs.k8s.io packages, or the release binary at /usr/local/bin/kubelet)".into(),
+    }
+}
+
+/// The kubelet and CNI plugins a managed machine needs (pailot configures them, it never downloads them).
+fn check_node_packages(host: &HostRoot, network: Cni) -> Vec<Check> {
+    let mut out = vec![];
+    match crate::bootstrap::host::KUBELET_BINARIES
+        .iter()
+        .find(|b| host.exists(b))
+    {
+        Some(b) => out.push(check("kubelet", Status::Pass, format!("{b}"), None)),
+        None => out.push(check(
+            "kubelet",
+            Status::Fail,
+            format!(
+                "no kubelet binary ({})",
+                crate::bootstrap::host::KUBELET_BINARIES.join(", ")
+            ),
+            Some(install_hint(host, "kubelet")),
+        )),
+    }
+    if matches!(network, Cni::Bridge | Cni::Flannel) {
+        let dir = crate::bootstrap::host::CNI_BIN_DIR;
+        let missing: Vec<&str> = crate::bootstrap::host::CNI_PLUGINS
+            .iter()
+            .copied()
+            .filter(|p| !host.exists(&format!("{dir}/{p}")))
+            .collect();
+        if missing.is_empty() {
+            out.push(check(
+                "cni",
+                Status::Pass,
+                format!("{dir}: {}", crate::bootstrap::host::CNI_PLUGINS.join(", ")),
+                None,
+            ));
+        } else {
+            out.push(check(
+                "cni",
+                Status::Fail,
+                format!("CNI plugins missing in {dir}: {}", missing.join(", ")),
+                Some(install_hint(host, "cni")),
+            ));
+        }
+    }
+    out
+}
+
+/// The version of an external control plane must be one the charts support.
+fn check_api(api: &ApiProbe) -> Check {
+    let version = match &api.version {
+        Err(e) => {
+            return check(
+                "api",
+                Status::Fail,
+                format!("{} did not answer: {e}", api.server),
+                Some("check the kubeconfig (--kubeconfig, $KUBECONFIG) and that the API server is up".into()),
+            );
+        }
+        Ok(v) => v,
+    };
+    let minor = host::kernel_version(version.trim_start_matches('v'));
+    let (lo, hi) = (MIN_KUBE_MINOR, MAX_KUBE_MINOR);
+    match minor {
+        Some(v) if v < lo => check(
+            "api",
+            Status::Fail,
+            format!(
+                "{} runs Kubernetes {version}, older than {}.{}",
+                api.server, lo.0, lo.1
+            ),
+            Some(format!("upgrade the cluster to {}.{} or newer", lo.0, lo.1)),
+        ),
+        Some(v) if v > hi => check(
+            "api",
+            Status::Warn,
+            format!(
+                "{} runs Kubernetes {version}, newer than {}.{} that pailot is tested with",
+                api.server, hi.0, hi.1
+            ),
+            None,
+        ),
+        Some(_) => check(
+            "api",
+            Status::Pass,
+            format!("{} runs Kubernetes {version}", api.server),
+            None,
+        ),
+        None => check(
+            "api",
+            Status::Warn,
+            format!("{} answered an unknown version {version:?}", api.server),
+            None,
+        ),
+    }
+}
+
+fn check_runtime(host: &HostRoot, cmds: &dyn HostCommands, input: &PreflightInput) -> Check {
+    let mirrors = !input.mirrors.is_empty();
+    let external = input.control_plane == ControlPlane::External;
     let Some((sock, name, cmd)) = RUNTIMES.iter().find(|(s, _, _)| host.exists(s)) else {
+        // An adopted cluster may run its own runtime (k3s's); pailot itself does not need one there.
         return check(
             "runtime",
-            Status::Fail,
+            if external { Status::Warn } else { Status::Fail },
             "no container runtime socket (/run/containerd/containerd.sock, /run/crio/crio.sock)",
-            Some("install containerd 1.7+ and `systemctl enable --now containerd`".into()),
+            Some(install_hint(host, "containerd")),
         );
     };
     let version = cmds
@@ -384,8 +550,14 @@ fn check_runtime(host: &HostRoot, cmds: &dyn HostCommands, mirrors: bool) -> Che
             Some("upgrade containerd to 1.7 or 2.x".into()),
         );
     }
-    if *name == "containerd" && mirrors {
-        let cfg = host.read("/etc/containerd/config.toml").unwrap_or_default();
+    // A managed machine gets pailot's containerd drop-in; an adopted one must already read certs.d.
+    if *name == "containerd" && mirrors && external {
+        let mut cfg = host.read("/etc/containerd/config.toml").unwrap_or_default();
+        cfg.push_str(
+            &host
+                .read(crate::bootstrap::host::CONTAINERD_DROPIN)
+                .unwrap_or_default(),
+        );
         if !cfg.contains("certs.d") {
             return check(
                 "runtime",
@@ -650,6 +822,8 @@ fn check_mirrors(mirrors: &BTreeMap<String, Vec<String>>, timeout: Duration) -> 
             if reached {
                 out.push(check(name, Status::Pass, format!("{ep} reachable"), None));
             } else {
+                // A mirror down at boot must not stop bootstrap or GitOps: containerd falls back to the
+                // upstream registry, and pulls work again when the mirror is back.
                 let why = if addrs.is_empty() {
                     "does not resolve"
                 } else {
@@ -657,9 +831,9 @@ fn check_mirrors(mirrors: &BTreeMap<String, Vec<String>>, timeout: Duration) -> 
                 };
                 out.push(check(
                     name,
-                    Status::Fail,
+                    Status::Warn,
                     format!(
-                        "{ep} {why} (TCP {auth}, {} ms timeout)",
+                        "{ep} {why} (TCP {auth}, {} ms timeout; pulls fall back to the registry)",
                         timeout.as_millis()
                     ),
                     Some(format!(
@@ -714,7 +888,11 @@ mod tests {
         );
         let c = check_mirrors(&m, Duration::from_millis(500));
         assert_eq!(c[0].status, Status::Pass);
-        assert_eq!(c[1].status, Status::Fail);
+        assert_eq!(
+            c[1].status,
+            Status::Warn,
+            "an unreachable mirror must not fail bootstrap"
+        );
         assert!(c[1].detail.contains(&closed.to_string()));
     }
 
@@ -744,6 +922,9 @@ mod tests {
             required_ports: vec![],
             mirrors: BTreeMap::new(),
             mirror_timeout: Duration::from_millis(100),
+            control_plane: ControlPlane::External,
+            pod_network: Cni::None,
+            api: None,
         }
     }
 
@@ -848,24 +1029,106 @@ mod tests {
         std::fs::create_dir_all(root.path().join("run/containerd")).unwrap();
         std::fs::write(root.path().join("run/containerd/containerd.sock"), "").unwrap();
         let host = HostRoot::new(root.path());
+        // An adopted (external) cluster with mirrors: containerd must read certs.d already.
+        let plain = input(root.path(), 0, None, false);
+        let mut with_mirrors = input(root.path(), 0, None, false);
+        with_mirrors
+            .mirrors
+            .insert("docker.io".into(), vec!["http://127.0.0.1:5000".into()]);
         let old = FixedCommands::default().with(
             "containerd --version",
             "containerd containerd.io 1.6.33 d2d58213f\n",
         );
-        assert_eq!(check_runtime(&host, &old, false).status, Status::Fail);
+        assert_eq!(check_runtime(&host, &old, &plain).status, Status::Fail);
         let new = FixedCommands::default().with(
             "containerd --version",
             "containerd containerd.io 1.7.22 7f7fdf5fe\n",
         );
-        assert_eq!(check_runtime(&host, &new, false).status, Status::Pass);
-        assert_eq!(check_runtime(&host, &new, true).status, Status::Warn);
+        assert_eq!(check_runtime(&host, &new, &plain).status, Status::Pass);
+        assert_eq!(
+            check_runtime(&host, &new, &with_mirrors).status,
+            Status::Warn
+        );
+        // A managed machine gets pailot's containerd drop-in from bootstrap: nothing to warn about yet.
+        let mut managed = with_mirrors.clone();
+        managed.control_plane = ControlPlane::Managed;
+        assert_eq!(check_runtime(&host, &new, &managed).status, Status::Pass);
         std::fs::create_dir_all(root.path().join("etc/containerd")).unwrap();
         std::fs::write(
             root.path().join("etc/containerd/config.toml"),
             "[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n",
         )
         .unwrap();
-        assert_eq!(check_runtime(&host, &new, true).status, Status::Pass);
+        assert_eq!(
+            check_runtime(&host, &new, &with_mirrors).status,
+            Status::Pass
+        );
+    }
+
+    #[test]
+    fn node_packages_name_the_distribution_package() {
+        let root = fake_root(1 << 20);
+        std::fs::create_dir_all(root.path().join("etc")).unwrap();
+        std::fs::write(
+            root.path().join("etc/os-release"),
+            "ID=debian\nVERSION_ID=\"13\"\n",
+        )
+        .unwrap();
+        let host = HostRoot::new(root.path());
+        let c = check_node_packages(&host, Cni::Bridge);
+        assert_eq!((c[0].name.as_str(), c[0].status), ("kubelet", Status::Fail));
+        assert!(
+            c[0].fix.as_deref().unwrap().contains("pkgs.k8s.io"),
+            "{:?}",
+            c[0]
+        );
+        assert_eq!((c[1].name.as_str(), c[1].status), ("cni", Status::Fail));
+        assert_eq!(
+            c[1].fix.as_deref(),
+            Some("apt install containernetworking-plugins")
+        );
+        assert!(
+            c[1].detail
+                .contains("bridge, host-local, loopback, portmap"),
+            "{}",
+            c[1].detail
+        );
+        for p in [
+            "usr/bin/kubelet",
+            "usr/lib/cni/bridge",
+            "usr/lib/cni/host-local",
+            "usr/lib/cni/loopback",
+            "usr/lib/cni/portmap",
+        ] {
+            let f = root.path().join(p);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, "").unwrap();
+        }
+        let c = check_node_packages(&host, Cni::Bridge);
+        assert!(c.iter().all(|c| c.status == Status::Pass), "{c:?}");
+        // No pod network from pailot: no CNI check.
+        assert_eq!(check_node_packages(&host, Cni::None).len(), 1);
+    }
+
+    #[test]
+    fn external_api_version_is_checked_against_the_supported_range() {
+        let probe = |v: Result<&str, &str>| ApiProbe {
+            server: "https://127.0.0.1:6443".into(),
+            version: v.map(str::to_string).map_err(str::to_string),
+        };
+        assert_eq!(check_api(&probe(Ok("v1.37.2"))).status, Status::Pass);
+        assert_eq!(check_api(&probe(Ok("v1.31.4+k3s1"))).status, Status::Pass);
+        let old = check_api(&probe(Ok("v1.29.9")));
+        assert_eq!(old.status, Status::Fail);
+        assert!(old.detail.contains("older than 1.30"), "{}", old.detail);
+        assert_eq!(check_api(&probe(Ok("v1.38.0"))).status, Status::Warn);
+        let down = check_api(&probe(Err("connection refused")));
+        assert_eq!(down.status, Status::Fail);
+        assert!(
+            down.detail.contains("connection refused"),
+            "{}",
+            down.detail
+        );
     }
 
     #[test]

@@ -49,8 +49,10 @@ pub fn required_ports(
     set: &RenderedSet,
 ) -> Vec<RequiredPort> {
     let mut ports: BTreeMap<u16, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    // An adopted control plane and its kubelets are already running, under names pailot cannot know.
+    let external = cluster.control_plane == crate::cluster::ControlPlane::External;
     for (port, what, comm, master_only) in control_plane_ports(cluster) {
-        if master_only && !machine.has(Role::K8sMaster) {
+        if external || (master_only && !machine.has(Role::K8sMaster)) {
             continue;
         }
         let e = ports.entry(port).or_default();

@@ -321,6 +321,11 @@ impl PrivateCluster {
     /// Start it in `dir` (log `testcluster-<label>.log`) with fake `nodes` (`NAME[:label=value,...]`) and
     /// wait until it is ready (blocking: call from `spawn_blocking` in async tests).
     pub fn start(dir: &Path, label: &str, nodes: &[&str]) -> PrivateCluster {
+        PrivateCluster::start_with(dir, label, nodes, &[])
+    }
+
+    /// [`PrivateCluster::start`] with extra testcluster flags (`--pki-root DIR`, `--apiserver-arg=...`).
+    pub fn start_with(dir: &Path, label: &str, nodes: &[&str], extra: &[&str]) -> PrivateCluster {
         let log = dir.join(format!("testcluster-{label}.log"));
         let ready = dir.join("ready");
         let _ = std::fs::remove_file(&ready);
@@ -335,6 +340,7 @@ impl PrivateCluster {
         for n in nodes {
             cmd.args(["--node", n]);
         }
+        cmd.args(extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())

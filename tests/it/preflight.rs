@@ -348,6 +348,9 @@ fn taken_port_on_the_real_host_names_this_test_process() {
         }],
         mirrors: Default::default(),
         mirror_timeout: std::time::Duration::from_millis(100),
+        control_plane: pailot::cluster::ControlPlane::External,
+        pod_network: pailot::cluster::Cni::None,
+        api: None,
     };
     let report = pailot::preflight::run(&input, &pailot::preflight::FixedCommands::default());
     let c = report

@@ -106,6 +106,11 @@ func startAPIServer(ctx context.Context, pki PKI, etcdURL string, listener net.L
 	for _, f := range s.Flags().FlagSets {
 		fs.AddFlagSet(f)
 	}
+	// The flag is a list: a PKCS#8 sa.key (pailot's) is not readable as a public key, sa.pub is.
+	saPublic := pki.ServiceAcctKey
+	if pki.ServiceAcctPub != "" {
+		saPublic = pki.ServiceAcctPub
+	}
 	args := []string{
 		"--etcd-servers=" + etcdURL,
 		"--bind-address=127.0.0.1",
@@ -114,7 +119,7 @@ func startAPIServer(ctx context.Context, pki PKI, etcdURL string, listener net.L
 		"--tls-cert-file=" + pki.ServingCert,
 		"--tls-private-key-file=" + pki.ServingKey,
 		"--client-ca-file=" + pki.CACert,
-		"--service-account-key-file=" + pki.ServiceAcctKey,
+		"--service-account-key-file=" + saPublic,
 		"--service-account-signing-key-file=" + pki.ServiceAcctKey,
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-cluster-ip-range=" + serviceCIDR,
@@ -123,6 +128,19 @@ func startAPIServer(ctx context.Context, pki PKI, etcdURL string, listener net.L
 		"--endpoint-reconciler-type=none",
 		"--enable-priority-and-fairness=false",
 		"--profiling=false",
+	}
+	if pki.ServiceAcctPub != "" {
+		args = append(args,
+			"--requestheader-client-ca-file="+pki.FrontProxyCA,
+			"--requestheader-allowed-names=front-proxy-client",
+			"--requestheader-extra-headers-prefix=X-Remote-Extra-",
+			"--requestheader-group-headers=X-Remote-Group",
+			"--requestheader-username-headers=X-Remote-User",
+			"--proxy-client-cert-file="+pki.FrontProxyClientCert,
+			"--proxy-client-key-file="+pki.FrontProxyClientKey,
+			"--kubelet-client-certificate="+pki.KubeletClientCert,
+			"--kubelet-client-key="+pki.KubeletClientKey,
+		)
 	}
 	args = append(args, extra...)
 	if err := fs.Parse(args); err != nil {
@@ -183,6 +201,12 @@ func startControllerManager(ctx context.Context, kubeconfig string, pki PKI) (<-
 	for _, f := range named.FlagSets {
 		fs.AddFlagSet(f)
 	}
+	// With pailot's PKI, run it as the kubernetes chart's static pod does (and kubeadm): each controller
+	// with its own service account, whose token the API server checks against sa.pub.
+	useSACredentials := "false"
+	if pki.ControllerManagerKubeconfig != "" {
+		useSACredentials = "true"
+	}
 	if err := fs.Parse([]string{
 		"--kubeconfig=" + kubeconfig,
 		"--leader-elect=false",
@@ -191,7 +215,7 @@ func startControllerManager(ctx context.Context, kubeconfig string, pki PKI) (<-
 		"--root-ca-file=" + pki.CACert,
 		"--cluster-signing-cert-file=" + pki.CACert,
 		"--cluster-signing-key-file=" + pki.CAKey,
-		"--use-service-account-credentials=false",
+		"--use-service-account-credentials=" + useSACredentials,
 		"--service-cluster-ip-range=" + serviceCIDR,
 		"--profiling=false",
 		"--concurrent-deployment-syncs=5",

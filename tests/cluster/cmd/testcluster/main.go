@@ -43,6 +43,7 @@ func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
 type options struct {
 	kubeconfig   string
+	pkiRoot      string
 	readyFile    string
 	dataDir      string
 	nodesFile    string
@@ -57,9 +58,17 @@ func main() {
 }
 
 func run() int {
+	if len(os.Args) == 3 && os.Args[1] == "check-kubelet-config" {
+		if err := checkKubeletConfig(os.Args[2]); err != nil {
+			fmt.Fprintf(os.Stderr, "testcluster check-kubelet-config: %v\n", err)
+			return 1
+		}
+		return 0
+	}
 	var o options
 	fs := flag.NewFlagSet("testcluster", flag.ContinueOnError)
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "write the admin kubeconfig here (required)")
+	fs.StringVar(&o.pkiRoot, "pki-root", "", "serve with the PKI and kubeconfigs `pailot bootstrap --root DIR` wrote under DIR/etc/kubernetes (the port comes from its admin.conf); --kubeconfig gets a copy of its admin.conf")
 	fs.StringVar(&o.readyFile, "ready-file", "", "create this file once the cluster is ready; removed on shutdown")
 	fs.StringVar(&o.dataDir, "data-dir", "", "keep etcd data, certificates and ports here so a restart keeps all objects (default: a temporary directory removed on exit)")
 	fs.StringVar(&o.nodesFile, "nodes-file", "", "YAML/JSON file: nodes: [{name, labels, capacity, allocatable, taints}]")
@@ -133,13 +142,26 @@ func serve(o options, specs []NodeSpec) error {
 		defer os.Remove(o.readyFile)
 	}
 
+	var pki PKI
+	if o.pkiRoot != "" {
+		var port int
+		pki, port, err = pkiFromRoot(o.pkiRoot)
+		if err != nil {
+			return fmt.Errorf("--pki-root: %w", err)
+		}
+		if o.port == 0 {
+			o.port = port
+		}
+	}
 	p, err := choosePorts(dataDir, o.port)
 	if err != nil {
 		return err
 	}
-	pki, err := ensurePKI(filepath.Join(dataDir, "pki"))
-	if err != nil {
-		return fmt.Errorf("certificates: %w", err)
+	if o.pkiRoot == "" {
+		pki, err = ensurePKI(filepath.Join(dataDir, "pki"))
+		if err != nil {
+			return fmt.Errorf("certificates: %w", err)
+		}
 	}
 	listener, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p.APIServer)))
 	if err != nil {
@@ -161,7 +183,11 @@ func serve(o options, specs []NodeSpec) error {
 		return err
 	}
 	server := fmt.Sprintf("https://127.0.0.1:%d", p.APIServer)
-	if err := writeKubeconfig(o.kubeconfig, server, pki); err != nil {
+	if pki.AdminKubeconfig != "" {
+		if err := copyFile(pki.AdminKubeconfig, o.kubeconfig); err != nil {
+			return fmt.Errorf("copy %s: %w", pki.AdminKubeconfig, err)
+		}
+	} else if err := writeKubeconfig(o.kubeconfig, server, pki); err != nil {
 		return fmt.Errorf("write kubeconfig: %w", err)
 	}
 	kcfgAbs, _ := filepath.Abs(o.kubeconfig)
@@ -196,12 +222,16 @@ func serve(o options, specs []NodeSpec) error {
 	}
 	klog.Infof("testcluster: kube-apiserver ready at %s (%s)", server, time.Since(started).Round(time.Millisecond))
 
-	kcmErr, err := startControllerManager(ctrlCtx, o.kubeconfig, pki)
+	kcmKubeconfig, schedKubeconfig := o.kubeconfig, o.kubeconfig
+	if pki.ControllerManagerKubeconfig != "" {
+		kcmKubeconfig, schedKubeconfig = pki.ControllerManagerKubeconfig, pki.SchedulerKubeconfig
+	}
+	kcmErr, err := startControllerManager(ctrlCtx, kcmKubeconfig, pki)
 	if err != nil {
 		shutdown()
 		return err
 	}
-	schedErr, err := startScheduler(ctrlCtx, o.kubeconfig)
+	schedErr, err := startScheduler(ctrlCtx, schedKubeconfig)
 	if err != nil {
 		shutdown()
 		return err

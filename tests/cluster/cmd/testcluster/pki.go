@@ -14,9 +14,13 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
+
+	"k8s.io/client-go/tools/clientcmd"
 )
 
 // PKI holds the paths of every certificate and key the control plane uses.
@@ -29,6 +33,71 @@ type PKI struct {
 	AdminCert      string
 	AdminKey       string
 	ServiceAcctKey string
+	// Set only for a PKI written by `pailot bootstrap` (--pki-root): kubeadm's layout.
+	ServiceAcctPub              string
+	FrontProxyCA                string
+	FrontProxyClientCert        string
+	FrontProxyClientKey         string
+	KubeletClientCert           string
+	KubeletClientKey            string
+	AdminKubeconfig             string
+	ControllerManagerKubeconfig string
+	SchedulerKubeconfig         string
+}
+
+// pkiFromRoot uses the PKI and kubeconfigs `pailot bootstrap --root root` wrote (kubeadm's file names),
+// and returns the API server port named by its admin.conf (whose server must be on 127.0.0.1).
+func pkiFromRoot(root string) (PKI, int, error) {
+	k := filepath.Join(root, "etc", "kubernetes")
+	j := func(n string) string { return filepath.Join(k, "pki", n) }
+	p := PKI{
+		Dir: filepath.Join(k, "pki"), CACert: j("ca.crt"), CAKey: j("ca.key"),
+		ServingCert: j("apiserver.crt"), ServingKey: j("apiserver.key"),
+		ServiceAcctKey: j("sa.key"), ServiceAcctPub: j("sa.pub"),
+		FrontProxyCA: j("front-proxy-ca.crt"), FrontProxyClientCert: j("front-proxy-client.crt"), FrontProxyClientKey: j("front-proxy-client.key"),
+		KubeletClientCert: j("apiserver-kubelet-client.crt"), KubeletClientKey: j("apiserver-kubelet-client.key"),
+		AdminKubeconfig:             filepath.Join(k, "admin.conf"),
+		ControllerManagerKubeconfig: filepath.Join(k, "controller-manager.conf"),
+		SchedulerKubeconfig:         filepath.Join(k, "scheduler.conf"),
+	}
+	for _, f := range []string{p.CACert, p.CAKey, p.ServingCert, p.ServingKey, p.ServiceAcctKey, p.ServiceAcctPub, p.FrontProxyCA,
+		p.FrontProxyClientCert, p.FrontProxyClientKey, p.KubeletClientCert, p.KubeletClientKey,
+		p.AdminKubeconfig, p.ControllerManagerKubeconfig, p.SchedulerKubeconfig} {
+		if !fileExists(f) {
+			return p, 0, fmt.Errorf("%s is missing (run pailot bootstrap --root %s first)", f, root)
+		}
+	}
+	cfg, err := clientcmd.LoadFromFile(p.AdminKubeconfig)
+	if err != nil {
+		return p, 0, err
+	}
+	ctx := cfg.Contexts[cfg.CurrentContext]
+	if ctx == nil || cfg.Clusters[ctx.Cluster] == nil {
+		return p, 0, fmt.Errorf("%s has no current context with a cluster", p.AdminKubeconfig)
+	}
+	u, err := url.Parse(cfg.Clusters[ctx.Cluster].Server)
+	if err != nil {
+		return p, 0, err
+	}
+	if u.Hostname() != "127.0.0.1" {
+		return p, 0, fmt.Errorf("%s names server %s; the test control plane listens on 127.0.0.1 only", p.AdminKubeconfig, u)
+	}
+	port, err := strconv.Atoi(u.Port())
+	if err != nil {
+		return p, 0, fmt.Errorf("%s: server %s has no port", p.AdminKubeconfig, u)
+	}
+	return p, port, nil
+}
+
+func copyFile(from, to string) error {
+	raw, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(to, raw, 0o600)
 }
 
 func newPKIPaths(dir string) PKI {
