@@ -26,6 +26,7 @@ pub mod apply;
 pub mod bootstrap;
 pub mod budget;
 pub mod daemon;
+pub mod duration;
 pub mod init;
 pub mod inventory;
 pub mod metrics;

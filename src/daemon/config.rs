@@ -600,43 +600,8 @@ fn is_commit_id(s: &str) -> bool {
     (7..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Parse a duration like `500ms`, `60s`, `10m`, `1h30m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if t.is_empty() {
-        return Err("empty duration".into());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!(
-                "{text:?} is not a duration like 500ms, 60s, 10m or 1h"
-            ));
-        }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{text:?}: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m, h)")),
-        };
-        total += d;
-    }
-    Ok(total)
-}
+/// The duration grammar lives in `crate::duration` (shared with the control channel and notifications).
+pub use crate::duration::parse_duration;
 
 fn yaml_error(file: &Path, err: &serde_saphyr::Error) -> InputError {
     let full = err.to_string();
