@@ -32,6 +32,7 @@ pub mod history;
 pub mod init;
 pub mod inventory;
 pub mod metrics;
+pub mod notification;
 pub mod overlay;
 pub mod par;
 pub mod preflight;
