@@ -11,6 +11,7 @@ pub mod apply;
 pub mod bootstrap;
 pub mod budget;
 pub mod chart;
+pub mod completions;
 pub mod control;
 pub mod daemon;
 pub mod explain;
@@ -117,6 +118,10 @@ pub enum Command {
     Suspend(control::SuspendArgs),
     /// End a suspension: the daemon applies and corrects again.
     Resume(control::ResumeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page, or write one per command into a directory (--out).
+    Man(completions::ManArgs),
 }
 
 /// Entry point used by the binary: parse, run, map errors to exit codes.
@@ -141,6 +146,8 @@ pub fn main() -> ExitCode {
         Command::Reconcile(a) => control::run_reconcile(a),
         Command::Suspend(a) => control::run_suspend(a),
         Command::Resume(a) => control::run_resume(a),
+        Command::Completions(a) => completions::run_completions(a),
+        Command::Man(a) => completions::run_man(a),
     };
     match result {
         Ok(code) => code,
