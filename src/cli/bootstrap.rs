@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::preflight::{CheckOutput, HostArgs, prepare, print_report};
 use super::{EXIT_DIFF, RepoArgs};
+use crate::apply::progress::{ChartState, Progress};
 use crate::bootstrap::{
     self, FileAction, FileOutcome, NodeOutcome, Record, apply_files, desired_node_meta, plan_files,
     under_root,
@@ -17,6 +18,9 @@ use crate::bootstrap::{
 use crate::cluster::Role;
 use crate::manifest::RenderedSet;
 use crate::preflight::SystemCommands;
+
+/// The progress line of the API server wait.
+const API_STEP: &str = "API server";
 
 #[derive(clap::Args, Debug)]
 pub struct BootstrapArgs {
@@ -277,14 +281,39 @@ pub fn run(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
             .as_ref()
             .map(|p| p.nodes.clone())
             .unwrap_or_default();
+        let progress = if args.output == CheckOutput::Table {
+            Progress::for_terminal()
+        } else {
+            Progress::quiet()
+        };
         let (outcomes, recorded_nodes) = runtime()?.block_on(async {
             let c = client(args.kubeconfig.as_deref()).await?;
-            bootstrap::nodes::wait_readyz(&c, timeout).await?;
-            anyhow::Ok(
-                bootstrap::nodes::label_nodes(&c, &desired, &prev_nodes, &machine.name, deadline)
-                    .await?,
-            )
+            progress.set(API_STEP, ChartState::WaitingHealthy, "GET /readyz");
+            if let Err(e) = bootstrap::nodes::wait_readyz(&c, timeout).await {
+                progress.set(API_STEP, ChartState::Failed, &e.to_string());
+                return Err(e.into());
+            }
+            progress.set(API_STEP, ChartState::Healthy, "");
+            let step = format!("node {}", machine.name);
+            progress.set(
+                &step,
+                ChartState::Applying,
+                "waiting for it to register, then labelling",
+            );
+            match bootstrap::nodes::label_nodes(&c, &desired, &prev_nodes, &machine.name, deadline)
+                .await
+            {
+                Ok(done) => {
+                    progress.set(&step, ChartState::Applied, "labels set");
+                    anyhow::Ok(done)
+                }
+                Err(e) => {
+                    progress.set(&step, ChartState::Failed, &e.to_string());
+                    Err(e.into())
+                }
+            }
         })?;
+        drop(progress);
         nodes = outcomes;
         record.nodes = recorded_nodes;
         record.complete = true;
