@@ -469,6 +469,261 @@ impl Request {
     }
 }
 
+/// A reconcile asked for through the socket, handed to the daemon's loop. The loop answers it with
+/// [`ManualReconcile::finish`] (or [`ManualReconcile::refuse`]); dropping it unanswered tells a
+/// waiting client the daemon stopped.
+#[derive(Debug)]
+pub struct ManualReconcile {
+    /// Correct drift once, even in `warn` drift mode.
+    pub correct_drift: bool,
+    /// Who asked.
+    pub peer: Peer,
+    reply: Option<tokio::sync::oneshot::Sender<Result<history::Entry, ControlError>>>,
+}
+
+impl ManualReconcile {
+    /// Whether a client waits for the result.
+    pub fn waited_for(&self) -> bool {
+        self.reply.is_some()
+    }
+    /// The reconcile ran: its history entry goes to a waiting client.
+    pub fn finish(self, entry: &history::Entry) {
+        if let Some(r) = self.reply {
+            let _ = r.send(Ok(entry.clone()));
+        }
+    }
+    /// The daemon will not run it (not the leader, stopping...).
+    pub fn refuse(self, message: impl Into<String>) {
+        if let Some(r) = self.reply {
+            let _ = r.send(Err(ControlError::refused(message)));
+        }
+    }
+}
+
+/// How many manual reconciles may wait for the loop; more are refused (the loop coalesces them anyway).
+const MANUAL_QUEUE: usize = 16;
+
+/// A ready-made [`ControlHandler`] for the daemon: the suspension is kept in the state directory and
+/// published on a watch channel (answered at once, even during a long apply), the history is read
+/// from its file, and reconcile requests go to the daemon's loop as [`ManualReconcile`]s.
+/// `suspended` and `resumed` events go to the notifier, also when a `--for` suspension runs out.
+#[derive(Clone)]
+pub struct Controls {
+    inner: Arc<ControlsInner>,
+}
+
+struct ControlsInner {
+    state_dir: PathBuf,
+    suspension: tokio::sync::watch::Sender<Option<Suspension>>,
+    manual: tokio::sync::mpsc::Sender<ManualReconcile>,
+    notifier: crate::notification::Notifier,
+    /// Serializes suspend/resume/expiry so the file and the channel agree.
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl Controls {
+    /// Load the suspension record (an expired one is removed; one that cannot be read counts as a
+    /// suspension until `pailot resume`, and is reported in the returned warning) and start the
+    /// task that ends `--for` suspensions. Needs a tokio runtime.
+    pub fn start(
+        state_dir: &Path,
+        notifier: crate::notification::Notifier,
+    ) -> (
+        Controls,
+        tokio::sync::mpsc::Receiver<ManualReconcile>,
+        Option<String>,
+    ) {
+        let now = crate::duration::unix_now();
+        let (current, warning) = match Suspension::load_active(state_dir, now) {
+            Ok(s) => (s, None),
+            Err(e) => (
+                Some(Suspension::new(
+                    now,
+                    None,
+                    Some(format!(
+                        "the suspension record is unreadable; `pailot resume` removes it ({e})"
+                    )),
+                    None,
+                )),
+                Some(format!("{e}: staying suspended until `pailot resume`")),
+            ),
+        };
+        let (suspension, _) = tokio::sync::watch::channel(current);
+        let (manual, rx) = tokio::sync::mpsc::channel(MANUAL_QUEUE);
+        let controls = Controls {
+            inner: Arc::new(ControlsInner {
+                state_dir: state_dir.to_path_buf(),
+                suspension,
+                manual,
+                notifier,
+                writing: tokio::sync::Mutex::new(()),
+            }),
+        };
+        tokio::spawn(expire(Arc::downgrade(&controls.inner)));
+        (controls, rx, warning)
+    }
+
+    /// The suspension in force, and every change of it.
+    pub fn suspension(&self) -> tokio::sync::watch::Receiver<Option<Suspension>> {
+        self.inner.suspension.subscribe()
+    }
+
+    /// Whether applying and correcting are suspended now.
+    pub fn is_suspended(&self) -> bool {
+        self.inner.suspension.borrow().is_some()
+    }
+}
+
+/// End `--for` suspensions when their time comes; ends when the controls are dropped.
+async fn expire(inner: std::sync::Weak<ControlsInner>) {
+    loop {
+        let (mut changed, until) = {
+            let Some(c) = inner.upgrade() else { return };
+            let rx = c.suspension.subscribe();
+            let until = rx.borrow().as_ref().and_then(|s| s.until);
+            (rx, until)
+        };
+        let wait = match until {
+            Some(u) => {
+                let left = u.saturating_sub(crate::duration::unix_now());
+                tokio::time::sleep(Duration::from_secs(left))
+            }
+            None => tokio::time::sleep(Duration::from_secs(3600)),
+        };
+        tokio::select! {
+            _ = wait => {}
+            r = changed.changed() => if r.is_err() { return } else { continue },
+        }
+        let Some(c) = inner.upgrade() else { return };
+        let _w = c.writing.lock().await;
+        let now = crate::duration::unix_now();
+        let ended = c
+            .suspension
+            .borrow()
+            .as_ref()
+            .is_some_and(|s| !s.is_active(now));
+        if ended {
+            if let Err(e) = Suspension::clear(&c.state_dir) {
+                tracing::warn!(error = %e, "could not remove the expired suspension record");
+            }
+            let previous = c.suspension.send_replace(None);
+            tracing::info!("suspension ended (--for ran out): applying again");
+            c.notifier.notify(resumed_event(
+                previous.as_ref(),
+                "the suspension ran out",
+                now,
+            ));
+        }
+    }
+}
+
+fn resumed_event(previous: Option<&Suspension>, why: &str, now: u64) -> crate::notification::Event {
+    let mut msg = why.to_string();
+    if let Some(r) = previous.and_then(|p| p.reason.as_deref()) {
+        msg.push_str(&format!(" (it was: {r})"));
+    }
+    crate::notification::Event::new(crate::notification::EventKind::Resumed, now, msg)
+}
+
+impl ControlHandler for Controls {
+    async fn reconcile(
+        &self,
+        request: ReconcileRequest,
+        peer: &Peer,
+    ) -> Result<ReconcileOutcome, ControlError> {
+        if let Some(s) = self.inner.suspension.borrow().as_ref() {
+            return Err(ControlError::refused(format!(
+                "the daemon is {}; `pailot resume` first",
+                s.describe(crate::duration::unix_now())
+            )));
+        }
+        let (reply, answer) = if request.wait {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let call = ManualReconcile {
+            correct_drift: request.correct_drift,
+            peer: peer.clone(),
+            reply,
+        };
+        self.inner.manual.try_send(call).map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                ControlError::refused("too many reconcile requests are waiting; try again shortly")
+            }
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => {
+                ControlError::refused("the daemon is stopping")
+            }
+        })?;
+        match answer {
+            None => Ok(ReconcileOutcome::Queued),
+            Some(rx) => match rx.await {
+                Ok(Ok(entry)) => Ok(ReconcileOutcome::Finished(Box::new(entry))),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(ControlError::refused(
+                    "the daemon stopped before the reconcile finished",
+                )),
+            },
+        }
+    }
+
+    async fn suspend(
+        &self,
+        request: SuspendRequest,
+        peer: &Peer,
+    ) -> Result<Suspension, ControlError> {
+        let _w = self.inner.writing.lock().await;
+        let now = crate::duration::unix_now();
+        let s = request.to_suspension(now, peer);
+        s.save(&self.inner.state_dir)
+            .map_err(|e| ControlError::failed(e.to_string()))?;
+        self.inner.suspension.send_replace(Some(s.clone()));
+        tracing::warn!(by = %peer, reason = s.reason.as_deref().unwrap_or(""), "suspended: no applying, no drift correction");
+        let mut msg = format!("suspended by {peer}");
+        if let Some(r) = &s.reason {
+            msg.push_str(&format!(": {r}"));
+        }
+        if let Some(left) = s.remaining(now) {
+            msg.push_str(&format!(
+                " (for {})",
+                crate::duration::format_duration(left)
+            ));
+        }
+        self.inner.notifier.notify(crate::notification::Event::new(
+            crate::notification::EventKind::Suspended,
+            now,
+            msg,
+        ));
+        Ok(s)
+    }
+
+    async fn resume(&self, peer: &Peer) -> Result<Option<Suspension>, ControlError> {
+        let _w = self.inner.writing.lock().await;
+        Suspension::clear(&self.inner.state_dir)
+            .map_err(|e| ControlError::failed(e.to_string()))?;
+        let previous = self.inner.suspension.send_replace(None);
+        if previous.is_some() {
+            tracing::info!(by = %peer, "resumed: applying again");
+            self.inner.notifier.notify(resumed_event(
+                previous.as_ref(),
+                &format!("resumed by {peer}"),
+                crate::duration::unix_now(),
+            ));
+        }
+        Ok(previous)
+    }
+
+    async fn history(&self, query: HistoryQuery) -> Result<Vec<history::Entry>, ControlError> {
+        let dir = self.inner.state_dir.clone();
+        let read = tokio::task::spawn_blocking(move || history::read(&dir, usize::MAX))
+            .await
+            .map_err(|e| ControlError::failed(e.to_string()))?
+            .map_err(|e| ControlError::failed(e.to_string()))?;
+        Ok(query.select(read.entries))
+    }
+}
+
 /// Why a client got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -870,6 +1125,205 @@ mod tests {
         drop(std::os::unix::net::UnixListener::bind(&s).unwrap());
         let e = request(&s, &Request::Resume, T).await.unwrap_err();
         assert!(matches!(e, ClientError::NotRunning { .. }), "{e}");
+    }
+
+    /// Notification events the controls emit, recorded instead of sent.
+    #[derive(Clone, Default)]
+    struct Events(Arc<Mutex<Vec<String>>>);
+    impl crate::notification::http::Transport for Events {
+        async fn send(
+            &self,
+            d: &crate::notification::payload::Delivery,
+            _: Duration,
+        ) -> Result<(), crate::notification::http::SendError> {
+            let v: serde_json::Value = serde_json::from_slice(&d.body).unwrap();
+            self.0.lock().unwrap().push(format!(
+                "{}: {}",
+                v["kind"].as_str().unwrap(),
+                v["message"].as_str().unwrap()
+            ));
+            Ok(())
+        }
+    }
+
+    fn notifier(events: &Events) -> crate::notification::Notifier {
+        let raw: crate::notification::RawConfig =
+            serde_saphyr::from_str("sinks: [{type: webhook, url: 'http://127.0.0.1:9/x'}]")
+                .unwrap();
+        let config = raw
+            .validate(
+                Path::new("/etc/pailot/pailot.yaml"),
+                Path::new("/"),
+                "notifications",
+            )
+            .unwrap();
+        crate::notification::Notifier::spawn_with(config, "lab", events.clone())
+    }
+
+    async fn eventually(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..400 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never: {what}");
+    }
+
+    fn me() -> Peer {
+        Peer {
+            uid: 0,
+            gid: 0,
+            pid: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn controls_persist_and_publish_suspensions_and_forward_reconciles() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = Events::default();
+        let (c, mut manual, warning) = Controls::start(dir.path(), notifier(&events));
+        assert!(warning.is_none() && !c.is_suspended());
+        let mut watch = c.suspension();
+
+        let s = c
+            .suspend(
+                SuspendRequest {
+                    reason: Some("disk swap".into()),
+                    for_seconds: Some(3600),
+                },
+                &me(),
+            )
+            .await
+            .unwrap();
+        assert!(c.is_suspended());
+        assert!(watch.has_changed().unwrap());
+        assert_eq!(watch.borrow_and_update().as_ref(), Some(&s));
+        assert_eq!(
+            Suspension::load(dir.path()).unwrap(),
+            Some(s.clone()),
+            "on disk"
+        );
+        let e = c
+            .reconcile(ReconcileRequest::default(), &me())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Refused);
+        assert!(
+            e.message.contains("disk swap") && e.message.contains("pailot resume"),
+            "{e}"
+        );
+        assert!(
+            manual.try_recv().is_err(),
+            "a refused reconcile never reaches the loop"
+        );
+
+        // A restart finds the suspension again.
+        let (again, _m, _) = Controls::start(dir.path(), crate::notification::Notifier::disabled());
+        assert!(again.is_suspended());
+
+        assert_eq!(c.resume(&me()).await.unwrap(), Some(s));
+        assert!(!c.is_suspended() && Suspension::load(dir.path()).unwrap().is_none());
+        assert_eq!(c.resume(&me()).await.unwrap(), None);
+        eventually("suspended and resumed events", || {
+            events.0.lock().unwrap().len() == 2
+        })
+        .await;
+        let got = events.0.lock().unwrap().clone();
+        assert_eq!(
+            got[0],
+            "suspended: suspended by uid 0 (root): disk swap (for 1h)"
+        );
+        assert_eq!(
+            got[1],
+            "resumed: resumed by uid 0 (root) (it was: disk swap)"
+        );
+
+        // Reconcile: queued at once without wait; with wait, answered by the loop.
+        let r = c
+            .reconcile(ReconcileRequest::default(), &me())
+            .await
+            .unwrap();
+        assert_eq!(r, ReconcileOutcome::Queued);
+        assert!(!manual.recv().await.unwrap().waited_for());
+        let waiting = tokio::spawn({
+            let c = c.clone();
+            async move {
+                c.reconcile(
+                    ReconcileRequest {
+                        wait: true,
+                        correct_drift: true,
+                    },
+                    &me(),
+                )
+                .await
+            }
+        });
+        let call = manual.recv().await.unwrap();
+        assert!(call.correct_drift && call.waited_for());
+        call.finish(&entry());
+        assert_eq!(
+            waiting.await.unwrap().unwrap(),
+            ReconcileOutcome::Finished(Box::new(entry()))
+        );
+        // The loop drops a call unanswered (stopping): the client is told.
+        let waiting = tokio::spawn({
+            let c = c.clone();
+            async move {
+                c.reconcile(
+                    ReconcileRequest {
+                        wait: true,
+                        correct_drift: false,
+                    },
+                    &me(),
+                )
+                .await
+            }
+        });
+        drop(manual.recv().await.unwrap());
+        let e = waiting.await.unwrap().unwrap_err();
+        assert!(e.message.contains("stopped before"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_for_suspension_ends_by_itself_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = Events::default();
+        let (c, _manual, _) = Controls::start(dir.path(), notifier(&events));
+        c.suspend(
+            SuspendRequest {
+                reason: Some("short".into()),
+                for_seconds: Some(1),
+            },
+            &me(),
+        )
+        .await
+        .unwrap();
+        assert!(c.is_suspended());
+        let started = std::time::Instant::now();
+        eventually("the suspension to run out", || !c.is_suspended()).await;
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert!(
+            Suspension::load(dir.path()).unwrap().is_none(),
+            "record removed"
+        );
+        eventually("a resumed event", || events.0.lock().unwrap().len() == 2).await;
+        assert_eq!(
+            events.0.lock().unwrap()[1],
+            "resumed: the suspension ran out (it was: short)"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_record_keeps_the_daemon_suspended() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(crate::suspension::SUSPENSION_FILE), "{oops").unwrap();
+        let (c, _m, warning) =
+            Controls::start(dir.path(), crate::notification::Notifier::disabled());
+        assert!(c.is_suspended());
+        assert!(warning.unwrap().contains("suspension.json"));
+        c.resume(&me()).await.unwrap();
+        assert!(!c.is_suspended() && !dir.path().join(crate::suspension::SUSPENSION_FILE).exists());
     }
 
     #[test]
