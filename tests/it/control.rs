@@ -350,6 +350,9 @@ async fn only_root_and_the_pailot_group_may_use_the_socket() {
     // As /var/lib/pailot: traversable, so the socket's own mode is what decides.
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let dir = tmp.path().to_str().unwrap().to_string();
+    // A copy nobody can run wherever the checkout is (CI clones may live under a 0700 /root).
+    let bin = tmp.path().join("pailot");
+    std::fs::copy(pailot_bin(), &bin).unwrap();
     let d = Running::start(tmp.path(), Some(control::CONTROL_GROUP));
     let meta = std::fs::metadata(control::socket_path(tmp.path())).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
@@ -359,7 +362,7 @@ async fn only_root_and_the_pailot_group_may_use_the_socket() {
     );
 
     let as_nobody = |groups: &'static str| {
-        let dir = dir.clone();
+        let (dir, bin) = (dir.clone(), bin.clone());
         async move {
             tokio::task::spawn_blocking(move || -> Run {
                 let mut c = Command::new("setpriv");
@@ -369,7 +372,7 @@ async fn only_root_and_the_pailot_group_may_use_the_socket() {
                 } else {
                     c.arg(format!("--groups={groups}"));
                 }
-                c.arg(pailot_bin())
+                c.arg(&bin)
                     .args(["suspend", "--reason", "not allowed?", "--state-dir", &dir])
                     .env_remove("PAILOT_SOCKET")
                     .output()
