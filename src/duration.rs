@@ -60,11 +60,15 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// Write `d` in the same grammar, largest units first (`1h30m`, `90s` → `1m30s`, `250ms`).
+/// Write `d` in the same grammar, largest units first (`1h30m`, `90s` → `1m30s`, `250ms`, `0s`);
+/// whole seconds drop the milliseconds.
 pub fn format(d: Duration) -> String {
     let mut secs = d.as_secs();
     if secs == 0 {
-        return format!("{}ms", d.subsec_millis());
+        return match d.subsec_millis() {
+            0 => "0s".into(),
+            ms => format!("{ms}ms"),
+        };
     }
     let mut out = String::new();
     for (unit, len) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
@@ -95,10 +99,11 @@ mod tests {
 
     #[test]
     fn format_round_trips() {
-        for s in ["1h30m", "90s", "250ms", "2d", "5m"] {
+        for s in ["1h30m", "90s", "250ms", "2d", "5m", "0s", "1h1m1s"] {
             let d = parse(s).unwrap();
             assert_eq!(parse(&format(d)).unwrap(), d, "{s}");
         }
         assert_eq!(format(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format(Duration::from_millis(1500)), "1s");
     }
 }

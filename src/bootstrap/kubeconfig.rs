@@ -206,7 +206,7 @@ pub fn plan(
             CertDecision {
                 cert: name,
                 action: CertAction::Kept,
-                detail: format!("expires {}", pki::format_unix(not_after)),
+                detail: format!("expires {}", crate::clock::rfc3339_unix(not_after)),
                 not_after_unix: not_after,
             },
         ));
@@ -233,15 +233,15 @@ pub fn plan(
     let (action, detail) = match (&existing, why) {
         (None, _) => (
             CertAction::Issued,
-            format!("expires {}", pki::format_unix(not_after)),
+            format!("expires {}", crate::clock::rfc3339_unix(not_after)),
         ),
         (Some(_), Some(w)) => (
             CertAction::Reissued,
-            format!("{w}; expires {}", pki::format_unix(not_after)),
+            format!("{w}; expires {}", crate::clock::rfc3339_unix(not_after)),
         ),
         (Some(_), None) => (
             CertAction::Reissued,
-            format!("renewed; expires {}", pki::format_unix(not_after)),
+            format!("renewed; expires {}", crate::clock::rfc3339_unix(not_after)),
         ),
     };
     Ok((

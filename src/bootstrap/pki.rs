@@ -399,7 +399,10 @@ pub fn mismatch(
     now: i64,
 ) -> Option<String> {
     if cert.not_after <= now {
-        return Some(format!("expired {}", format_unix(cert.not_after)));
+        return Some(format!(
+            "expired {}",
+            crate::clock::rfc3339_unix(cert.not_after)
+        ));
     }
     if let Some(k) = key_spki
         && k != cert.spki.as_slice()
@@ -445,17 +448,6 @@ pub fn mismatch(
         }
         _ => None,
     }
-}
-
-/// Seconds since the epoch as `2027-12-07T12:00:00Z`.
-pub fn format_unix(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| t.to_string())
 }
 
 /// A CA able to sign: its certificate (PEM and parsed) and its key.
@@ -914,7 +906,7 @@ pub fn plan(spec: &PkiSpec, service_account: bool, ctx: &PlanContext) -> Result<
 }
 
 fn expires(t: i64) -> String {
-    format!("expires {}", format_unix(t))
+    format!("expires {}", crate::clock::rfc3339_unix(t))
 }
 
 type Planned = (Authority, CertAction, String);

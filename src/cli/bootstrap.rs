@@ -13,6 +13,7 @@ use super::preflight::{
     CheckOutput, HostArgs, Prepared, kube_client, prepare, print_report, runtime,
 };
 use super::{EXIT_DIFF, RepoArgs};
+use crate::apply::progress::{ChartState, Progress};
 use crate::bootstrap::pki::{self, CertDecision, PlanContext};
 use crate::bootstrap::{
     self, FileAction, FileOutcome, Missing, NodeOutcome, PlannedFile, Record, Step, apply_files,
@@ -25,6 +26,8 @@ use crate::preflight::SystemCommands;
 /// Where the k8s-master keeps the kubelet kubeconfig of every other machine (copy one to that machine's
 /// `/etc/kubernetes/kubelet.conf`).
 pub const NODE_KUBECONFIG_DIR: &str = "/etc/kubernetes/pailot-nodes";
+/// The progress line of the API server wait.
+const API_STEP: &str = "API server";
 
 #[derive(clap::Args, Debug)]
 pub struct BootstrapArgs {
@@ -517,7 +520,7 @@ fn plan_worker_credentials(
         )),
         (_, Some(c)) if c.not_after <= ctx.now => Some(format!(
             "its client certificate expired {}",
-            pki::format_unix(c.not_after)
+            crate::clock::rfc3339_unix(c.not_after)
         )),
         _ => None,
     };
@@ -766,28 +769,52 @@ pub fn run(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
             .as_ref()
             .map(|p| p.nodes.clone())
             .unwrap_or_default();
+        let progress = if args.output == CheckOutput::Table {
+            Progress::for_terminal()
+        } else {
+            Progress::quiet()
+        };
         let result: Result<_, (Step, anyhow::Error)> = runtime()?.block_on(async {
             let c = kube_client(kc.as_deref())
                 .await
                 .map_err(|e| (Step::ApiServer, e))?;
-            bootstrap::nodes::wait_readyz(&c, timeout)
-                .await
-                .map_err(|e| (Step::ApiServer, e.into()))?;
-            if !may_label {
-                bootstrap::nodes::wait_registered(&c, &machine.name, deadline)
-                    .await
-                    .map_err(|e| (Step::NodeRegistration, e.into()))?;
+            progress.set(API_STEP, ChartState::WaitingHealthy, "GET /readyz");
+            if let Err(e) = bootstrap::nodes::wait_readyz(&c, timeout).await {
+                progress.set(API_STEP, ChartState::Failed, &e.to_string());
+                return Err((Step::ApiServer, e.into()));
             }
-            bootstrap::nodes::label_nodes(&c, &desired, &prev_nodes, &machine.name, deadline)
+            progress.set(API_STEP, ChartState::Healthy, "");
+            let step = format!("node {}", machine.name);
+            progress.set(
+                &step,
+                ChartState::Applying,
+                "waiting for it to register, then labelling",
+            );
+            if !may_label {
+                if let Err(e) = bootstrap::nodes::wait_registered(&c, &machine.name, deadline).await
+                {
+                    progress.set(&step, ChartState::Failed, &e.to_string());
+                    return Err((Step::NodeRegistration, e.into()));
+                }
+            }
+            match bootstrap::nodes::label_nodes(&c, &desired, &prev_nodes, &machine.name, deadline)
                 .await
-                .map_err(|e| {
+            {
+                Ok(done) => {
+                    progress.set(&step, ChartState::Applied, "labels set");
+                    Ok(done)
+                }
+                Err(e) => {
+                    progress.set(&step, ChartState::Failed, &e.to_string());
                     let step = match e {
                         bootstrap::Error::Timeout { .. } => Step::NodeRegistration,
                         _ => Step::NodeLabels,
                     };
-                    (step, e.into())
-                })
+                    Err((step, e.into()))
+                }
+            }
         });
+        drop(progress);
         match result {
             Ok((outcomes, recorded_nodes)) => {
                 nodes = outcomes;

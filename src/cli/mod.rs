@@ -11,14 +11,18 @@ pub mod apply;
 pub mod bootstrap;
 pub mod budget;
 pub mod chart;
+pub mod completions;
+pub mod control;
 pub mod daemon;
 pub mod explain;
+pub mod history;
 pub mod init;
 pub mod lint;
 pub mod preflight;
 pub mod render;
 pub mod schema;
 pub mod status;
+pub mod table;
 
 /// Exit code for "differences found" or "a check failed".
 pub const EXIT_DIFF: u8 = 1;
@@ -106,6 +110,18 @@ pub enum Command {
     Daemon(daemon::DaemonArgs),
     /// Show what the running daemon last did.
     Status(status::StatusArgs),
+    /// Show the daemon's last reconciles (revision, trigger, result, changes per chart).
+    History(history::HistoryArgs),
+    /// Make the running daemon fetch and reconcile now (--wait: print the result, exit 1 on failure).
+    Reconcile(control::ReconcileArgs),
+    /// Stop the running daemon from applying and correcting drift (it keeps watching and reporting).
+    Suspend(control::SuspendArgs),
+    /// End a suspension: the daemon applies and corrects again.
+    Resume(control::ResumeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page, or write one per command into a directory (--out).
+    Man(completions::ManArgs),
 }
 
 /// Entry point used by the binary: parse, run, map errors to exit codes.
@@ -126,6 +142,12 @@ pub fn main() -> ExitCode {
         Command::Bootstrap(a) => bootstrap::run(a),
         Command::Daemon(a) => daemon::run(a),
         Command::Status(a) => status::run(a),
+        Command::History(a) => history::run(a),
+        Command::Reconcile(a) => control::run_reconcile(a),
+        Command::Suspend(a) => control::run_suspend(a),
+        Command::Resume(a) => control::run_resume(a),
+        Command::Completions(a) => completions::run_completions(a),
+        Command::Man(a) => completions::run_man(a),
     };
     match result {
         Ok(code) => code,

@@ -1378,3 +1378,78 @@ fn reset_include_pki_asks_twice_on_a_terminal() {
     assert!(!h.file("/etc/kubernetes/pki/ca.key").exists());
     assert!(h.record().is_none());
 }
+
+/// A kubeconfig whose API server refuses connections (port 1 on loopback).
+const REFUSED_KUBECONFIG: &str = "apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: 'https://127.0.0.1:1', insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+";
+
+/// The /readyz wait shows a progress line on a terminal (a pty from script(1)) and writes no
+/// progress, no escape sequence, into a pipe.
+#[test]
+fn api_wait_shows_progress_on_a_terminal_and_nothing_in_a_pipe() {
+    let h = Host::new("pai-node-1", |t| t);
+    let kubeconfig = h.t.write("kubeconfig", REFUSED_KUBECONFIG);
+    let args = [
+        "bootstrap",
+        "--cluster",
+        h.cluster.to_str().unwrap(),
+        "--root",
+        h.root.to_str().unwrap(),
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--timeout",
+        "2",
+    ];
+
+    let piped = pailot_with_path(&h.bin, &args);
+    assert_eq!(piped.code, 1, "{piped:?}");
+    assert!(
+        piped.stderr.contains("/readyz"),
+        "the failure is reported: {}",
+        piped.stderr
+    );
+    for out in [&piped.stdout, &piped.stderr] {
+        assert!(
+            !out.contains("waiting for health") && !out.contains('\x1b'),
+            "{out:?}"
+        );
+    }
+
+    let command = std::iter::once(crate::harness::pailot_bin().to_str().unwrap().to_string())
+        .chain(args.iter().map(|a| a.to_string()))
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    // Found on this process's PATH: the child's PATH is the stub directory.
+    let script = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("script"))
+        .find(|p| p.is_file())
+        .expect("script (util-linux) on PATH");
+    let tty: Run = std::process::Command::new(script)
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(repo_root())
+        .env("PATH", &h.bin)
+        .env("SHELL", "/bin/sh")
+        .env("TERM", "xterm")
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("script (util-linux)")
+        .into();
+    assert_eq!(tty.code, 1, "{tty:?}");
+    assert!(
+        tty.stdout.contains("API server") && tty.stdout.contains("waiting for health"),
+        "no progress line on the terminal: {:?}",
+        tty.stdout
+    );
+    assert!(tty.stdout.contains('\x1b'), "{:?}", tty.stdout);
+    assert!(
+        tty.stdout.contains("✗ API server"),
+        "the failed step is marked: {:?}",
+        tty.stdout
+    );
+}

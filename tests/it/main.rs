@@ -6,6 +6,8 @@ mod bootstrap;
 mod budget;
 mod chart;
 mod cluster_smoke;
+mod completions;
+mod control;
 mod daemon;
 mod daemon_limits;
 mod daemon_notify;

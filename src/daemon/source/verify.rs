@@ -75,7 +75,7 @@ pub fn verify_commit(
     };
     let dir = tempfile::tempdir().map_err(|e| tool(e.to_string()))?;
     let sig_file = dir.path().join("commit.sig");
-    std::fs::write(&sig_file, sig.as_ref()).map_err(|e| tool(e.to_string()))?;
+    std::fs::write(&sig_file, &sig[..]).map_err(|e| tool(e.to_string()))?;
 
     let found = Command::new("ssh-keygen")
         .args(["-Y", "find-principals", "-f"])
