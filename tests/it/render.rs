@@ -106,6 +106,21 @@ fn namespaced_objects_get_the_cluster_namespace_and_chart_label() {
 }
 
 #[test]
+fn help_lists_only_the_formats_render_accepts() {
+    let r = crate::harness::pailot(&["render", "--help"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.contains("possible values"))
+        .unwrap_or_else(|| panic!("no possible values in:\n{}", r.stdout));
+    assert!(
+        line.contains("yaml") && line.contains("json") && !line.contains("table"),
+        "{line}"
+    );
+}
+
+#[test]
 fn table_output_is_a_usage_error() {
     let t = fixture_repo("overlay-replaces-memory-request");
     let r = pailot_in(
