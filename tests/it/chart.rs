@@ -393,6 +393,22 @@ fn chart_lint_exit_codes() {
 }
 
 #[test]
+fn chart_lint_outside_a_repository_names_the_real_path() {
+    let t = TempTree::new();
+    let dir = t.path().join("not-a-chart");
+    std::fs::create_dir_all(&dir).unwrap();
+    let r = pailot(&["chart", "lint", dir.to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    let want = dir.join("Chart.yaml");
+    assert!(
+        r.stderr.contains(&format!("{}:", want.display())),
+        "want {} in: {}",
+        want.display(),
+        r.stderr
+    );
+}
+
+#[test]
 fn chart_package_is_byte_reproducible() {
     let t = TempTree::new();
     let src = fixtures().join("charts/files-and-filters");
