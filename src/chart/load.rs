@@ -169,6 +169,7 @@ pub fn load_chart(repo_root: &Path, dir: &Path) -> Result<Chart, InputError> {
             text
         });
         if static_text.is_none() {
+            let source = super::pylist::rewrite(&source).unwrap_or(source);
             env.add_template_owned(name.clone(), source)
                 .map_err(|e| super::render::template_error(&rel_dir, &e, None))?;
         }

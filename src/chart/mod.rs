@@ -6,6 +6,7 @@ pub mod filters;
 pub mod lint;
 pub mod load;
 pub mod package;
+pub mod pylist;
 pub mod render;
 pub mod values;
 pub mod yaml;

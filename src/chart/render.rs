@@ -134,6 +134,8 @@ fn enclosing_expression(src: &str, range: std::ops::Range<usize>) -> String {
     let close = after.find("}}").into_iter().chain(after.find("%}")).min();
     match (open, close) {
         (Some(o), Some(c)) => src[line_start + o + 2..range.end + c]
+            // Shown as the author wrote it (see `pylist::rewrite`).
+            .replace(&format!("|{}", super::pylist::FILTER), "")
             .trim()
             .trim_start_matches('-')
             .trim_end_matches('-')
