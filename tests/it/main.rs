@@ -22,6 +22,7 @@ mod preflight;
 mod prune;
 mod reconcile;
 mod render;
+mod rollout;
 mod schema;
 mod server;
 mod source;
