@@ -321,6 +321,18 @@ impl PrivateCluster {
     /// Start it in `dir` (log `testcluster-<label>.log`) with fake `nodes` (`NAME[:label=value,...]`) and
     /// wait until it is ready (blocking: call from `spawn_blocking` in async tests).
     pub fn start(dir: &Path, label: &str, nodes: &[&str]) -> PrivateCluster {
+        let args: Vec<&str> = nodes.iter().flat_map(|n| ["--node", n]).collect();
+        Self::start_with(dir, label, &args)
+    }
+
+    /// Like [`PrivateCluster::start`], with the fake nodes of a nodes file (`tests/cluster/nodes/*.yaml`:
+    /// labels, capacities such as `nvidia.com/gpu`, taints).
+    pub fn start_with_nodes_file(dir: &Path, label: &str, nodes_file: &Path) -> PrivateCluster {
+        let file = nodes_file.to_str().expect("UTF-8 path");
+        Self::start_with(dir, label, &["--nodes-file", file])
+    }
+
+    fn start_with(dir: &Path, label: &str, args: &[&str]) -> PrivateCluster {
         let log = dir.join(format!("testcluster-{label}.log"));
         let ready = dir.join("ready");
         let _ = std::fs::remove_file(&ready);
@@ -332,9 +344,7 @@ impl PrivateCluster {
             .arg(dir.join("data"))
             .arg("--ready-file")
             .arg(&ready);
-        for n in nodes {
-            cmd.args(["--node", n]);
-        }
+        cmd.args(args);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())

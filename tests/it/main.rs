@@ -12,6 +12,7 @@ mod daemon_outage;
 mod diff;
 mod explain;
 mod golden;
+mod gpu_placement;
 mod harness;
 mod health;
 mod init;
