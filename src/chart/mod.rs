@@ -1,5 +1,6 @@
 //! Charts: `Chart.yaml` + `values.yaml` + `values.schema.json` + `templates/` + `files/`, loaded and rendered.
 
+pub mod control;
 pub mod emit;
 pub mod fastyaml;
 pub mod filters;
