@@ -299,6 +299,13 @@ pub struct Machine {
     pub ssh: Option<SshAccess>,
 }
 
+/// Node label marking a machine with NVIDIA GPUs (`capacity.gpu > 0`), value `true`. GPU consumers
+/// and the `nvidia` RuntimeClass select it: a RuntimeClass's `scheduling.nodeSelector` needs a
+/// fixed label value (a GPU count varies), and a pod cannot select on a node's `nvidia.com/gpu`
+/// capacity without claiming a GPU, which the device plugin and job-exporter must not. It is the
+/// label NVIDIA's GPU feature discovery and GPU operator set, so their DaemonSets and ours agree.
+pub const GPU_NODE_LABEL: &str = "nvidia.com/gpu.present";
+
 /// What a machine offers to the scheduler.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -337,7 +344,8 @@ impl Machine {
     }
 
     /// Labels pailot puts on this machine's node: the extra labels plus role labels
-    /// (`pai-master`, `pai-worker`, `no-drivers`, `pailot.dev/gpu-count`, `kubernetes.io/hostname`).
+    /// (`pai-master`, `pai-worker`, `no-drivers`, `kubernetes.io/hostname`) and, with GPUs,
+    /// `pailot.dev/gpu-count=<n>` and [`GPU_NODE_LABEL`]`=true`.
     pub fn node_labels(&self) -> BTreeMap<String, String> {
         let mut l = self.labels.clone();
         l.insert("kubernetes.io/hostname".into(), self.name.clone());
@@ -358,6 +366,7 @@ impl Machine {
         }
         if self.capacity.gpu > 0 {
             l.insert("pailot.dev/gpu-count".into(), self.capacity.gpu.to_string());
+            l.insert(GPU_NODE_LABEL.into(), "true".into());
         }
         l
     }

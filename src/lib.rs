@@ -43,6 +43,7 @@ pub mod overlay;
 pub mod par;
 pub mod preflight;
 pub mod render;
+pub mod rollout;
 pub mod schema;
 pub mod server;
 pub mod suspension;

@@ -24,6 +24,13 @@ use crate::manifest::ObjectId;
 pub enum Origin {
     /// Written by a chart template (file relative to the repo root; line in the template when known).
     Template { file: String, line: Option<usize> },
+    /// Written by a chart template, but by which line is not known: the key appears on several
+    /// lines that could have produced the value, and some lie in loops or in branches whose
+    /// conditions pailot does not evaluate (docs/provenance.md). `candidates` are those lines.
+    TemplateUncertain {
+        file: String,
+        candidates: Vec<usize>,
+    },
     /// Taken from a values key (file that set the final value of that key, and the dotted key).
     Values {
         file: String,
@@ -52,7 +59,7 @@ impl Origin {
     /// Short name of the step kind: `template`, `values`, or the op (`replace`, `add`, ...).
     pub fn step_kind(&self) -> &str {
         match self {
-            Origin::Template { .. } => "template",
+            Origin::Template { .. } | Origin::TemplateUncertain { .. } => "template",
             Origin::Values { .. } => "values",
             Origin::Overlay { op_kind, .. } => op_kind,
         }
@@ -67,6 +74,14 @@ impl fmt::Display for Origin {
                 line: Some(l),
             } => write!(f, "{file}:{l}"),
             Origin::Template { file, line: None } => write!(f, "{file}"),
+            Origin::TemplateUncertain { file, candidates } => {
+                let lines: Vec<String> = candidates.iter().map(usize::to_string).collect();
+                write!(
+                    f,
+                    "{file}: line unknown, a loop or condition decides it (candidate lines {})",
+                    lines.join(", ")
+                )
+            }
             Origin::Values {
                 file,
                 key,

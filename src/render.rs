@@ -38,7 +38,7 @@ pub struct Rendered {
 }
 
 /// Name of a file for messages: relative to the repository root when inside it.
-fn display_path(repo_root: &Path, p: &Path) -> String {
+pub(crate) fn display_path(repo_root: &Path, p: &Path) -> String {
     let rel = p.strip_prefix(repo_root).unwrap_or(p);
     rel.to_string_lossy().replace('\\', "/")
 }

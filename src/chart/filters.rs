@@ -1,4 +1,4 @@
-//! Template environment: strict undefined, no autoescape, pycompat, and the chart filters and `files` object.
+//! Template environment: strict undefined, no autoescape, pycompat (plus mutable lists), and the chart filters and `files` object.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +14,8 @@ pub fn new_environment() -> Environment<'static> {
     // Before any template is added: YAML templates must not be HTML/JSON-escaped.
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.set_unknown_method_callback(super::pylist::unknown_method_callback);
+    env.add_filter(super::pylist::FILTER, super::pylist::to_pylist);
     env.add_filter("to_yaml", to_yaml);
     env.add_filter("b64encode", b64encode);
     env.add_filter("b64decode", b64decode);

@@ -169,6 +169,7 @@ pub fn load_chart(repo_root: &Path, dir: &Path) -> Result<Chart, InputError> {
             text
         });
         if static_text.is_none() {
+            let source = super::pylist::rewrite(&source).unwrap_or(source);
             env.add_template_owned(name.clone(), source)
                 .map_err(|e| super::render::template_error(&rel_dir, &e, None))?;
         }
@@ -259,6 +260,17 @@ pub(crate) struct TemplateIndex {
     pub(crate) separators: Vec<usize>,
     /// 1-based lines holding a `kind:` key, with the line text.
     pub(crate) kind_lines: Vec<(usize, String)>,
+    /// Per 1-based line: the column of the YAML key it starts with (0 when none; 1-based otherwise).
+    pub(crate) key_col: Vec<usize>,
+    /// Per 1-based key line: the next line whose key is less indented (the end of the mapping the
+    /// key belongs to), `usize::MAX` when none.
+    pub(crate) block_end: Vec<usize>,
+    /// Per 1-based key line: whether it starts a list item (`- key: ...`).
+    pub(crate) item: Vec<bool>,
+    /// Per 1-based key line: the text after `key:`, trimmed (what the line gives the key).
+    pub(crate) key_value: Vec<Box<str>>,
+    /// The `{% if %}`/`{% for %}` structure, to tell which key lines a render ran.
+    pub(crate) control: super::control::Control,
 }
 
 impl TemplateIndex {
@@ -267,18 +279,42 @@ impl TemplateIndex {
         let mut line_refs = vec![Vec::new()];
         let mut separators = Vec::new();
         let mut kind_lines = Vec::new();
+        let mut key_col = vec![0];
+        let mut item = vec![false];
+        let mut key_value: Vec<Box<str>> = vec![Box::from("")];
+        let mut block_end = vec![usize::MAX];
+        // Key lines still inside their mapping, with their columns (non-decreasing).
+        let mut open: Vec<(usize, usize)> = Vec::new();
         for (i, line) in source.lines().enumerate() {
             let n = i + 1;
             let t = line.trim_start();
             if t.starts_with("---") {
                 separators.push(n);
             }
+            item.push(t.starts_with("- "));
             let t = t.trim_start_matches("- ").trim_start();
-            if let Some(key) = yaml_key(t) {
-                if key == "kind" {
-                    kind_lines.push((n, line.to_string()));
+            block_end.push(usize::MAX);
+            match yaml_key(t) {
+                Some(key) => {
+                    if key == "kind" {
+                        kind_lines.push((n, line.to_string()));
+                    }
+                    key_lines.entry(key.to_string()).or_default().push(n);
+                    let col = line.len() - t.len() + 1;
+                    while open.last().is_some_and(|&(c, _)| c > col) {
+                        let (_, l) = open.pop().expect("checked");
+                        block_end[l] = n;
+                    }
+                    open.push((col, n));
+                    key_col.push(col);
+                    let quotes = if t.starts_with(['"', '\'']) { 2 } else { 0 };
+                    let after = &t[key.len() + quotes + 1..];
+                    key_value.push(Box::from(after.trim()));
                 }
-                key_lines.entry(key.to_string()).or_default().push(n);
+                None => {
+                    key_col.push(0);
+                    key_value.push(Box::from(""));
+                }
             }
             line_refs.push(references(line));
         }
@@ -287,6 +323,11 @@ impl TemplateIndex {
             line_refs,
             separators,
             kind_lines,
+            key_col,
+            item,
+            key_value,
+            block_end,
+            control: super::control::Control::scan(source),
         }
     }
 }

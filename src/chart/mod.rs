@@ -1,11 +1,13 @@
 //! Charts: `Chart.yaml` + `values.yaml` + `values.schema.json` + `templates/` + `files/`, loaded and rendered.
 
+pub mod control;
 pub mod emit;
 pub mod fastyaml;
 pub mod filters;
 pub mod lint;
 pub mod load;
 pub mod package;
+pub mod pylist;
 pub mod render;
 pub mod values;
 pub mod yaml;
@@ -148,9 +150,16 @@ pub(crate) fn rel_path(root: &Path, path: &Path) -> String {
     let p = path.strip_prefix(root).unwrap_or(path);
     let s: Vec<String> = p
         .components()
+        .filter(|c| !matches!(c, std::path::Component::RootDir))
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect();
-    s.join("/")
+    let joined = s.join("/");
+    // A path outside `root` stays absolute.
+    if p.has_root() {
+        format!("/{joined}")
+    } else {
+        joined
+    }
 }
 
 /// Merge helper used by callers that only have the chart: defaults + extra layers.

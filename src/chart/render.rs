@@ -6,6 +6,7 @@ use std::sync::Arc;
 use minijinja::value::Value as JValue;
 use serde_json::{Map, Value};
 
+use super::control::{Liveness, Run};
 use super::filters::FilesObject;
 use super::values::{MergedValues, escape_segment};
 use super::{Chart, TemplateFile};
@@ -134,6 +135,8 @@ fn enclosing_expression(src: &str, range: std::ops::Range<usize>) -> String {
     let close = after.find("}}").into_iter().chain(after.find("%}")).min();
     match (open, close) {
         (Some(o), Some(c)) => src[line_start + o + 2..range.end + c]
+            // Shown as the author wrote it (see `pylist::rewrite`).
+            .replace(&format!("|{}", super::pylist::FILTER), "")
             .trim()
             .trim_start_matches('-')
             .trim_end_matches('-')
@@ -151,7 +154,10 @@ pub fn render_chart(
     values: &MergedValues,
     ctx: &RenderContext,
 ) -> Result<Vec<RenderedDoc>, InputError> {
-    let context = build_context(chart, values, ctx);
+    let context_map = build_context(chart, values, ctx);
+    // Provenance evaluates the templates' top-level conditions with the same context.
+    let eval_context = ctx.record_origins.then(|| context_map.clone());
+    let context = JValue::from_object(context_map);
     let namespace = ctx
         .release
         .get("namespace")
@@ -206,6 +212,7 @@ pub fn render_chart(
         .then(|| ValuesIndex::build(&values.values));
     let mut out = Vec::with_capacity(raw.len());
     let mut kind_seen: HashMap<(&str, String), usize> = HashMap::new();
+    let mut liveness: HashMap<&str, Liveness> = HashMap::new();
     for (t, i, mut obj) in raw {
         let id = crate::manifest::ObjectId::of(&obj).map_err(|e| {
             InputError::new(
@@ -254,9 +261,26 @@ pub fn render_chart(
             *c += 1;
             *c - 1
         };
-        let mut origins = match &leaf_index {
-            Some(index) => origins_for(t, &chart.env, &obj, &id.kind, nth, values, index),
-            None => BTreeMap::new(),
+        let mut origins = match (&leaf_index, &eval_context) {
+            (Some(index), Some(eval_context)) => {
+                let live = liveness.entry(t.name.as_str()).or_insert_with(|| {
+                    let ti = t.index(&chart.env);
+                    if ti.control.is_empty() {
+                        Liveness::default()
+                    } else {
+                        ti.control.liveness(&chart.env, eval_context)
+                    }
+                });
+                let doc = DocSource {
+                    t,
+                    env: &chart.env,
+                    kind: &id.kind,
+                    nth,
+                    live,
+                };
+                origins_for(&doc, &obj, values, index)
+            }
+            _ => BTreeMap::new(),
         };
         // Set by pailot, not by a template line.
         let added = Origin::Template {
@@ -278,7 +302,11 @@ pub fn render_chart(
     Ok(out)
 }
 
-fn build_context(chart: &Chart, values: &MergedValues, ctx: &RenderContext) -> JValue {
+fn build_context(
+    chart: &Chart,
+    values: &MergedValues,
+    ctx: &RenderContext,
+) -> BTreeMap<String, JValue> {
     let mut map: BTreeMap<String, JValue> = BTreeMap::new();
     if let Value::Object(m) = &values.values {
         for (k, v) in m {
@@ -309,7 +337,7 @@ fn build_context(chart: &Chart, values: &MergedValues, ctx: &RenderContext) -> J
             index: Arc::new(chart.files.clone()),
         }),
     );
-    JValue::from_object(map)
+    map
 }
 
 /// Values leaves by (last key segment, scalar text), for provenance; the first leaf in
@@ -370,29 +398,39 @@ fn pointer_to_dotted(p: &str) -> String {
         .join(".")
 }
 
-/// Best-effort origin of every leaf (see docs/provenance.md).
-#[allow(clippy::too_many_arguments)]
-fn origins_for(
-    t: &TemplateFile,
-    env: &minijinja::Environment<'static>,
-    obj: &Value,
-    kind: &str,
+/// The template a rendered document came from, and what its render ran.
+struct DocSource<'a> {
+    t: &'a TemplateFile,
+    env: &'a minijinja::Environment<'static>,
+    kind: &'a str,
+    /// The document is the `nth` of its kind from this template.
     nth: usize,
+    live: &'a Liveness,
+}
+
+/// Best-effort origin of every leaf (see docs/provenance.md).
+fn origins_for(
+    doc: &DocSource<'_>,
+    obj: &Value,
     values: &MergedValues,
     index: &ValuesIndex,
 ) -> BTreeMap<String, Origin> {
-    let ti = t.index(env);
-    // Block of template lines this document most likely comes from.
+    let (t, live) = (doc.t, doc.live);
+    let ti = t.index(doc.env);
+    // Block of template lines this document most likely comes from (not a branch that was skipped).
     let candidates: Vec<usize> = ti
         .kind_lines
         .iter()
-        .filter(|(_, l)| l.contains(kind))
+        .filter(|(n, _)| {
+            gives(&ti.key_value[*n], &Value::String(doc.kind.to_string())).is_some()
+                && live.line(*n) != Run::Skipped
+        })
         .map(|(n, _)| *n)
         .collect();
     let kind_line = if candidates.is_empty() {
         ti.kind_lines.first().map(|(n, _)| *n)
     } else {
-        Some(candidates[nth.min(candidates.len() - 1)])
+        Some(candidates[doc.nth.min(candidates.len() - 1)])
     };
     let (start, end) = match kind_line {
         Some(k) => {
@@ -413,6 +451,12 @@ fn origins_for(
         }
         None => (0, usize::MAX),
     };
+    // Lines that ran whenever this document was rendered: outside undecided blocks, or in the
+    // loop body (or branch) that produced the document itself.
+    let certain = |l: usize| {
+        live.line(l) == Run::Ran
+            || kind_line.is_some_and(|k| live.encloses(live.region(l), live.region(k)))
+    };
     let mut out = BTreeMap::new();
     let mut segs: Vec<String> = Vec::new();
     walk_leaves(
@@ -420,36 +464,277 @@ fn origins_for(
         &mut String::new(),
         &mut segs,
         &mut |ptr, segs, leaf| {
-            let mut cursor = start;
-            let mut line = None;
-            let mut matched = 0;
-            for (i, seg) in segs.iter().enumerate() {
-                if seg.parse::<usize>().is_ok() {
-                    continue;
-                }
-                let Some(lines) = ti.key_lines.get(seg.as_str()) else {
-                    break;
-                };
-                let pos = lines.partition_point(|&l| l < cursor.max(1));
-                match lines.get(pos) {
-                    Some(&l) if l < end => {
-                        cursor = l;
-                        line = Some(l);
-                        matched = i + 1;
-                    }
-                    _ => break,
-                }
-            }
-            let origin = line
-                .and_then(|l| values_origin(t, ti, l, &segs[matched..], leaf, values, index))
-                .unwrap_or(Origin::Template {
+            let resolve = Resolve {
+                ti,
+                live,
+                end,
+                certain: &certain,
+                obj,
+                segs,
+                leaf,
+            };
+            let origin = match resolve.line(start) {
+                KeyLine::Uncertain(candidates) => Origin::TemplateUncertain {
                     file: t.path.clone(),
-                    line,
-                });
+                    candidates,
+                },
+                KeyLine::Found(line, matched) => line
+                    .and_then(|l| values_origin(t, ti, l, &segs[matched..], leaf, values, index))
+                    .unwrap_or(Origin::Template {
+                        file: t.path.clone(),
+                        line,
+                    }),
+            };
             out.insert(ptr.to_string(), origin);
         },
     );
     out
+}
+
+/// Which template line wrote a field.
+enum KeyLine {
+    /// The line (`None`: no key of the pointer is in the template text) and how many pointer
+    /// segments it matched.
+    Found(Option<usize>, usize),
+    /// Several lines could have, and a loop or an undecided condition hides which.
+    Uncertain(Vec<usize>),
+}
+
+/// Finds the template line of one rendered field (see [`Resolve::line`]).
+struct Resolve<'a> {
+    ti: &'a crate::chart::load::TemplateIndex,
+    live: &'a Liveness,
+    /// End of the document's block of template lines.
+    end: usize,
+    certain: &'a dyn Fn(usize) -> bool,
+    /// The rendered object, for the siblings of a key.
+    obj: &'a Value,
+    segs: &'a [String],
+    leaf: &'a Value,
+}
+
+/// More ends than this and only the first line of a key is followed (a template whose literal
+/// list items multiply).
+const MAX_PATHS: usize = 64;
+
+impl Resolve<'_> {
+    /// The template line that wrote the field at `segs`, walking its object keys through the
+    /// template from line `start` (list indices are skipped).
+    ///
+    /// Flow: for each key, the lines with that key from the cursor on, in the document's block,
+    /// not in a skipped branch (and, for the field's own key, whose text can give the value); the
+    /// first of them, plus the lines with the same key at the same indentation before its mapping
+    /// ends (sibling list items, other branches, loop bodies). When there are several, those whose
+    /// literal sibling keys contradict the rendered object are dropped, and the walk goes on from
+    /// each. Among the deepest ends: one is the answer; else an exact literal match that certainly
+    /// ran; else, when every end certainly ran, the first (literal list items, docs/provenance.md);
+    /// else the line is uncertain and the ends are the candidates.
+    fn line(&self, start: usize) -> KeyLine {
+        let mut ends = Vec::new();
+        self.walk(start, None, 0, &mut ends);
+        let depth = ends.iter().map(|(_, d)| *d).max().unwrap_or(0);
+        let mut found: Vec<usize> = ends
+            .iter()
+            .filter(|(_, d)| *d == depth)
+            .filter_map(|(l, _)| *l)
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        match found[..] {
+            [] => return KeyLine::Found(None, depth),
+            [one] => return KeyLine::Found(Some(one), depth),
+            _ => {}
+        }
+        if depth == self.segs.len() {
+            let exact: Vec<usize> = found
+                .iter()
+                .copied()
+                .filter(|&l| gives(&self.ti.key_value[l], self.leaf) == Some(Match::Exact))
+                .collect();
+            if let [one] = exact[..]
+                && (self.certain)(one)
+            {
+                return KeyLine::Found(Some(one), depth);
+            }
+        }
+        if found.iter().all(|&l| (self.certain)(l)) {
+            KeyLine::Found(Some(found[0]), depth)
+        } else {
+            KeyLine::Uncertain(found)
+        }
+    }
+
+    /// Collect `(line, segments matched)` for every way the keys of `segs[i..]` can be found
+    /// below `cursor` (`at`: the line of the last key found).
+    fn walk(
+        &self,
+        cursor: usize,
+        at: Option<usize>,
+        i: usize,
+        ends: &mut Vec<(Option<usize>, usize)>,
+    ) {
+        let Some(seg) = self.segs.get(i) else {
+            ends.push((at, i));
+            return;
+        };
+        if seg.parse::<usize>().is_ok() {
+            return self.walk(cursor, at, i + 1, ends);
+        }
+        let Some(lines) = self.ti.key_lines.get(seg.as_str()) else {
+            ends.push((at, i));
+            return;
+        };
+        let at_leaf = i + 1 == self.segs.len();
+        let usable = |l: usize| {
+            self.live.line(l) != Run::Skipped
+                && (!at_leaf || gives(&self.ti.key_value[l], self.leaf).is_some())
+        };
+        let pos = lines.partition_point(|&l| l < cursor.max(1));
+        let mut iter = lines[pos..]
+            .iter()
+            .copied()
+            .take_while(|&l| l < self.end)
+            .filter(|&l| usable(l));
+        let Some(first) = iter.next() else {
+            ends.push((at, i));
+            return;
+        };
+        let stop = self.end.min(self.ti.block_end[first]);
+        let col = self.ti.key_col[first];
+        let mut group: Vec<usize> = std::iter::once(first)
+            .chain(
+                iter.take_while(|&l| l < stop)
+                    .filter(|&l| self.ti.key_col[l] == col),
+            )
+            .collect();
+        if group.len() > 1 {
+            let agree: Vec<usize> = group
+                .iter()
+                .copied()
+                .filter(|&l| self.siblings_agree(l, cursor, i))
+                .collect();
+            if !agree.is_empty() {
+                group = agree;
+            }
+        }
+        if group.len() > 1 && ends.len() + group.len() > MAX_PATHS {
+            group.truncate(1);
+        }
+        for l in group {
+            self.walk(l, Some(l), i + 1, ends);
+        }
+    }
+
+    /// Whether the literal keys beside line `l` in its template mapping (its list item) agree with
+    /// the rendered object holding `segs[i]`: a sibling key whose template lines there cannot
+    /// give its rendered value says that `l` wrote another item.
+    fn siblings_agree(&self, l: usize, cursor: usize, i: usize) -> bool {
+        let ti = self.ti;
+        let col = ti.key_col[l];
+        let mut parent = self.obj;
+        for s in &self.segs[..i] {
+            let next = match parent {
+                Value::Object(m) => m.get(s.as_str()),
+                Value::Array(a) => s.parse::<usize>().ok().and_then(|n| a.get(n)),
+                _ => None,
+            };
+            match next {
+                Some(v) => parent = v,
+                None => return true,
+            }
+        }
+        let Value::Object(siblings) = parent else {
+            return true;
+        };
+        // The mapping around `l`: back to its list item's first line (or the parent key), on to
+        // the next item or the end of the mapping.
+        let mut from = cursor + 1;
+        for k in (cursor + 1..=l).rev() {
+            let c = ti.key_col[k];
+            if c != 0 && c < col {
+                break;
+            }
+            if c == col && ti.item[k] {
+                from = k;
+                break;
+            }
+        }
+        let mut to = ti.block_end[l].min(self.end).min(ti.key_col.len());
+        if let Some(k) = (l + 1..to).find(|&k| ti.key_col[k] == col && ti.item[k]) {
+            to = k;
+        }
+        siblings.iter().all(|(key, v)| {
+            if key == &self.segs[i] || scalar_key(v).is_none() {
+                return true;
+            }
+            let Some(lines) = ti.key_lines.get(key.as_str()) else {
+                return true;
+            };
+            let lo = lines.partition_point(|&k| k < from);
+            let mut here = lines[lo..]
+                .iter()
+                .copied()
+                .take_while(|&k| k < to)
+                .filter(|&k| ti.key_col[k] == col && self.live.line(k) != Run::Skipped)
+                .peekable();
+            here.peek().is_none() || here.any(|k| gives(&ti.key_value[k], v).is_some())
+        })
+    }
+}
+
+/// How a key line's text can give a rendered value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Match {
+    /// Literal text equal to the value.
+    Exact,
+    /// Template expressions whose literal parts fit the value (or text pailot cannot judge).
+    Possible,
+}
+
+/// Whether `text` (what follows `key:` on a template line) can render to the scalar `leaf`.
+fn gives(text: &str, leaf: &Value) -> Option<Match> {
+    let Some(want) = scalar_key(leaf) else {
+        return Some(Match::Possible);
+    };
+    let unquoted = match text.as_bytes() {
+        [b'"', .., b'"'] | [b'\'', .., b'\''] if text.len() >= 2 => &text[1..text.len() - 1],
+        _ => text,
+    };
+    if unquoted.is_empty()
+        || unquoted.starts_with(['|', '>', '&', '*', '!'])
+        || unquoted.contains("{%")
+    {
+        // A block scalar, an anchor or a tag, or control flow inside the value: not judged.
+        return Some(Match::Possible);
+    }
+    if !unquoted.contains("{{") {
+        let literal = unquoted.split(" #").next().unwrap_or(unquoted).trim_end();
+        return (literal == want).then_some(Match::Exact);
+    }
+    // Literal pieces between `{{ }}` holes must appear in order, anchored at both ends.
+    let mut pieces = Vec::new();
+    let mut rest = unquoted;
+    while let Some(open) = rest.find("{{") {
+        pieces.push(&rest[..open]);
+        match rest[open..].find("}}") {
+            Some(close) => rest = &rest[open + close + 2..],
+            None => return Some(Match::Possible),
+        }
+    }
+    pieces.push(rest);
+    let (first, last) = (pieces[0], pieces[pieces.len() - 1]);
+    if !want.starts_with(first) || !want[first.len()..].ends_with(last) {
+        return None;
+    }
+    let mut at = first.len();
+    let limit = want.len() - last.len();
+    for p in &pieces[1..pieces.len() - 1] {
+        match want[at..limit.max(at)].find(p) {
+            Some(i) => at += i + p.len(),
+            None => return None,
+        }
+    }
+    Some(Match::Possible)
 }
 
 fn values_origin(
@@ -462,28 +747,49 @@ fn values_origin(
     index: &ValuesIndex,
 ) -> Option<Origin> {
     let refs = ti.line_refs.get(line)?;
+    let loops = ti.control.loops_around(line);
+    let below: String = rest
+        .iter()
+        .map(|s| format!("/{}", escape_segment(s)))
+        .collect();
     for r in refs {
         let path = r.strip_prefix("values.").unwrap_or(r);
         if path == "values" {
             continue;
         }
-        let mut ptr: String = path
-            .split('.')
-            .map(|s| format!("/{}", escape_segment(s)))
-            .collect();
-        for s in rest {
-            ptr.push('/');
-            ptr.push_str(s);
-        }
-        let found = values
-            .values
-            .pointer(&ptr)
-            .filter(|v| same_value(leaf, v))
-            .map(|_| ptr.clone())
-            .or_else(|| {
-                let last = path.rsplit('.').next()?;
-                index.by_last.get(last)?.get(&scalar_key(leaf)?).cloned()
+        let root = r.split('.').next().unwrap_or(r);
+        let found = if loops
+            .iter()
+            .any(|(targets, _)| targets.iter().any(|x| x == root))
+        {
+            // A loop variable: the values items its loop goes over, when the loop's iterable is a
+            // values path; the key is named only when exactly one item gives the value.
+            let Some(items) = loop_pointers(r, &loops, &values.values) else {
+                continue;
+            };
+            let mut hits = items.into_iter().map(|p| p + &below).filter(|p| {
+                values
+                    .values
+                    .pointer(p)
+                    .is_some_and(|v| same_value(leaf, v))
             });
+            match (hits.next(), hits.next()) {
+                (Some(one), None) => Some(one),
+                (Some(_), Some(_)) => return None,
+                _ => None,
+            }
+        } else {
+            let ptr = dotted_pointer(path) + &below;
+            values
+                .values
+                .pointer(&ptr)
+                .filter(|v| same_value(leaf, v))
+                .map(|_| ptr.clone())
+                .or_else(|| {
+                    let last = path.rsplit('.').next()?;
+                    index.by_last.get(last)?.get(&scalar_key(leaf)?).cloned()
+                })
+        };
         if let Some(p) = found {
             let file = values.origin_of(&p).unwrap_or("").to_string();
             return Some(Origin::Values {
@@ -495,6 +801,68 @@ fn values_origin(
         }
     }
     None
+}
+
+/// `a.b.c` as the JSON pointer `/a/b/c`.
+fn dotted_pointer(path: &str) -> String {
+    path.split('.')
+        .map(|s| format!("/{}", escape_segment(s)))
+        .collect()
+}
+
+/// The values pointers a reference can stand for when its root is a loop variable: one per item
+/// of the loop's iterable (resolved through outer loops), with the rest of the reference below.
+/// `None` when an iterable is not a plain values path (`x.items()`/`x.values()` allowed) or the
+/// variable is a mapping's key.
+fn loop_pointers(
+    reference: &str,
+    loops: &[(&[String], &str)],
+    values: &Value,
+) -> Option<Vec<String>> {
+    let (root, tail) = reference.split_once('.').unwrap_or((reference, ""));
+    let Some(at) = loops
+        .iter()
+        .position(|(targets, _)| targets.iter().any(|x| x == root))
+    else {
+        let path = reference.strip_prefix("values.").unwrap_or(reference);
+        return (path != "values").then(|| vec![dotted_pointer(path)]);
+    };
+    let (targets, iter) = loops[at];
+    let (base, pairs) = match iter.strip_suffix(".items()") {
+        Some(b) => (b, true),
+        None => (iter.strip_suffix(".values()").unwrap_or(iter), false),
+    };
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.')
+    };
+    let item_target = if pairs {
+        targets.get(1)
+    } else {
+        targets.first()
+    };
+    if !plain(base)
+        || item_target.map(String::as_str) != Some(root)
+        || (!pairs && targets.len() != 1)
+    {
+        return None;
+    }
+    let mut out = Vec::new();
+    for b in loop_pointers(base, &loops[at + 1..], values)? {
+        match values.pointer(&b) {
+            Some(Value::Array(a)) => out.extend((0..a.len()).map(|i| format!("{b}/{i}"))),
+            Some(Value::Object(m)) => {
+                out.extend(m.keys().map(|k| format!("{b}/{}", escape_segment(k))))
+            }
+            _ => {}
+        }
+    }
+    if !tail.is_empty() {
+        let tail = dotted_pointer(tail);
+        out.iter_mut().for_each(|p| p.push_str(&tail));
+    }
+    Some(out)
 }
 
 fn walk_leaves(

@@ -24,17 +24,19 @@ pub enum ChartCommand {
     },
 }
 
-/// Repository root of a chart directory: `<root>/charts/<name>` -> `<root>`, otherwise its parent.
-fn repo_root_of(dir: &Path) -> PathBuf {
-    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let parent = abs
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| abs.clone());
-    if parent.file_name().is_some_and(|n| n == "charts") {
-        parent.parent().map(Path::to_path_buf).unwrap_or(parent)
-    } else {
-        parent
+/// The root that file names in messages are relative to: `<root>` for a chart in `<root>/charts/<name>`
+/// (its repository); otherwise the current directory when the chart is below it, else none (absolute
+/// names), so `chart lint /tmp` names `/tmp/Chart.yaml`, not `tmp/Chart.yaml`.
+fn repo_root_of(abs: &Path) -> PathBuf {
+    if let Some(parent) = abs.parent()
+        && parent.file_name().is_some_and(|n| n == "charts")
+        && let Some(root) = parent.parent()
+    {
+        return root.to_path_buf();
+    }
+    match std::env::current_dir() {
+        Ok(cwd) if abs.starts_with(&cwd) => cwd,
+        _ => PathBuf::new(),
     }
 }
 

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::UsageError;
 use crate::diag::InputError;
 
 #[derive(clap::Args, Debug)]
@@ -13,12 +14,26 @@ pub struct InitArgs {
     /// Where to write the Cluster file (default: stdout).
     #[arg(long, short = 'o')]
     pub out: Option<PathBuf>,
+    /// Overwrite the `-o` file when it exists.
+    #[arg(long)]
+    pub force: bool,
     /// Cluster name (default: the output file's stem, else `pai`, paictl's default cluster-id).
     #[arg(long)]
     pub name: Option<String>,
 }
 
 pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
+    // Checked before converting: a hand-edited Cluster file is worth more than the conversion.
+    if let Some(path) = &args.out
+        && !args.force
+        && path.exists()
+    {
+        return Err(UsageError(format!(
+            "{} exists; pass --force to overwrite it",
+            path.display()
+        ))
+        .into());
+    }
     let shown = args.from.display().to_string();
     let text = std::fs::read_to_string(&args.from)
         .map_err(|e| InputError::new(&shown, format!("cannot read file: {e}")))?;

@@ -15,10 +15,11 @@ pub struct LintArgs {
     pub repo: RepoArgs,
 }
 
-/// What lint found: problems (exit 1) and notes (informational).
+/// What lint found: problems (exit 1), warnings (a render that will hurt on its cluster) and notes.
 #[derive(Debug, Default)]
 pub struct LintReport {
     pub problems: Vec<InputError>,
+    pub warnings: Vec<String>,
     pub notes: Vec<String>,
     pub checked: Vec<String>,
 }
@@ -77,20 +78,53 @@ pub fn lint(root: &Path, req: &RenderRequest) -> LintReport {
         }
         Err(e) => r.problems.push(e),
     }
-    // Every cluster file renders; collect the overlays they use.
+    // Every cluster file renders (and the one given, with its overlays, wherever it lives); collect
+    // the overlays they use.
     let mut used = BTreeSet::new();
-    for f in names_in(&root.join("clusters"), false, Some(".yaml")) {
-        let rel = format!("clusters/{f}");
-        let creq = RenderRequest {
-            repo_root: root.to_path_buf(),
-            cluster_file: rel.clone().into(),
-            overlays: None,
-            revision: None,
-        };
-        if let Err(e) = render(&creq) {
-            r.problems.push(e);
+    let mut requests: Vec<(String, RenderRequest)> =
+        names_in(&root.join("clusters"), false, Some(".yaml"))
+            .into_iter()
+            .map(|f| {
+                let rel = format!("clusters/{f}");
+                let creq = RenderRequest {
+                    repo_root: root.to_path_buf(),
+                    cluster_file: rel.clone().into(),
+                    overlays: None,
+                    revision: None,
+                };
+                (rel, creq)
+            })
+            .collect();
+    let given = crate::render::display_path(root, &root.join(&req.cluster_file));
+    match requests.iter_mut().find(|(rel, _)| *rel == given) {
+        Some((_, creq)) => creq.overlays = req.overlays.clone(),
+        None => requests.push((given, req.clone())),
+    }
+    for (rel, creq) in requests {
+        match render(&creq) {
+            Ok((c, set)) => {
+                for w in crate::rollout::check(&c, &set) {
+                    r.warnings.push(format!(
+                        "{rel}: {} (chart {}): {}",
+                        w.object, w.chart, w.message
+                    ));
+                }
+                if set.objects.is_empty() && !c.overlays.is_empty() {
+                    r.problems.push(
+                        InputError::new(&rel, "the overlays select no chart that renders an object: the cluster renders nothing")
+                            .place("overlays"),
+                    );
+                }
+            }
+            Err(e) => r.problems.push(e),
         }
-        if let Ok(c) = crate::render::load_cluster(&root.join(&rel), &rel)
+        let Ok(c) = crate::render::load_cluster(&root.join(&rel), &rel) else {
+            continue;
+        };
+        if c.overlays.is_empty() && creq.overlays.is_none() {
+            r.problems.push(no_overlays(&rel));
+        }
+        if rel.starts_with("clusters/")
             && let Ok(list) = overlay::resolve(root, &c.overlays, &rel)
         {
             used.extend(list.into_iter().map(|o| o.name));
@@ -108,10 +142,24 @@ pub fn lint(root: &Path, req: &RenderRequest) -> LintReport {
     r
 }
 
+/// A Cluster without overlays selects no chart (charts start from none), so it renders nothing:
+/// applied, it would make every object pailot manages unmanaged.
+fn no_overlays(cluster_file: &str) -> InputError {
+    InputError::new(
+        cluster_file,
+        "no overlay is listed, so no chart is selected and the cluster renders nothing \
+         (list at least one, e.g. `overlays: [base]`)",
+    )
+    .place("overlays")
+}
+
 pub fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
     let report = lint(&args.repo.repo, &args.repo.request());
     for n in &report.notes {
         println!("note: {n}");
+    }
+    for w in &report.warnings {
+        println!("warning: {w}");
     }
     if report.problems.is_empty() {
         let clusters = report
@@ -119,7 +167,11 @@ pub fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .filter(|c| c.starts_with("clusters/"))
             .count();
-        println!("ok: charts, overlays and {clusters} cluster file(s) checked");
+        let warned = match report.warnings.len() {
+            0 => String::new(),
+            n => format!(", {n} warning(s)"),
+        };
+        println!("ok: charts, overlays and {clusters} cluster file(s) checked{warned}");
         return Ok(ExitCode::SUCCESS);
     }
     for p in &report.problems {

@@ -67,7 +67,7 @@ pub struct RepoArgs {
     pub overlays: Vec<String>,
 }
 
-/// Output format for data.
+/// Output format of a report (`budget`, `explain`, `status`): a table for people, JSON or YAML for programs.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Output {
     #[default]

@@ -3,16 +3,23 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use super::{Output, RepoArgs, UsageError};
+use super::RepoArgs;
 use crate::render::{ProvenanceMode, RenderRequest, render_with, to_json, write_yaml_stream};
 
 #[derive(clap::Args, Debug)]
 pub struct RenderArgs {
     #[command(flatten)]
     pub repo: RepoArgs,
-    /// Output format (`yaml` or `json`).
-    #[arg(long, short = 'o', value_enum, default_value_t = Output::Yaml)]
-    pub output: Output,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = ManifestFormat::Yaml)]
+    pub output: ManifestFormat,
+}
+
+/// How manifests are printed: a YAML stream or one JSON list (no table: a manifest is data).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ManifestFormat {
+    Yaml,
+    Json,
 }
 
 impl RepoArgs {
@@ -32,12 +39,9 @@ impl RepoArgs {
 }
 
 pub fn run(args: RenderArgs) -> anyhow::Result<ExitCode> {
-    if args.output == Output::Table {
-        return Err(UsageError("`pailot render` writes `-o yaml` or `-o json`".into()).into());
-    }
     // Printing manifests needs no field provenance (`pailot explain` records it).
     let (_, set) = render_with(&args.repo.request(), ProvenanceMode::Skip)?;
-    let json = (args.output == Output::Json).then(|| to_json(&set));
+    let json = (args.output == ManifestFormat::Json).then(|| to_json(&set));
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let written = match &json {
         Some(text) => out.write_all(text.as_bytes()),

@@ -107,6 +107,28 @@ fn unchanged_openpai_template_reads_cluster_cfg_as_top_level_variable() {
 }
 
 #[test]
+fn unchanged_openpai_template_builds_a_list_with_append_like_jinja2() {
+    let name = "openpai-data-node-builds-list-with-append";
+    let c = fixture(name);
+    let (_, docs) = render_with(&c, vec![]);
+    let docs = docs.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(docs.len(), 1);
+    let got = &docs[0].object;
+    assert_eq!(
+        got.pointer("/spec/template/spec/containers/0/env/2/value"),
+        Some(&json!(
+            "file:///var/lib/hdfs/data-1,file:///var/lib/hdfs/data-2"
+        ))
+    );
+    // What Jinja2 3.1 (paictl's engine) renders from the same template and values.
+    let text = std::fs::read_to_string(fixtures().join(format!("jinja2/{name}.out"))).unwrap();
+    let mut want: Value = serde_saphyr::from_str(&text).unwrap();
+    want["metadata"]["namespace"] = json!("pai");
+    want["metadata"]["labels"] = json!({"pailot.dev/chart": name});
+    assert_eq!(got, &want);
+}
+
+#[test]
 fn context_filters_partials_files_and_scoping() {
     let c = fixture("files-and-filters");
     assert!(
@@ -390,6 +412,22 @@ fn chart_lint_exit_codes() {
     );
     let missing = pailot(&["chart", "lint", "tests/fixtures/charts/does-not-exist"]);
     assert_eq!(missing.code, 2, "{}{}", missing.stdout, missing.stderr);
+}
+
+#[test]
+fn chart_lint_outside_a_repository_names_the_real_path() {
+    let t = TempTree::new();
+    let dir = t.path().join("not-a-chart");
+    std::fs::create_dir_all(&dir).unwrap();
+    let r = pailot(&["chart", "lint", dir.to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    let want = dir.join("Chart.yaml");
+    assert!(
+        r.stderr.contains(&format!("{}:", want.display())),
+        "want {} in: {}",
+        want.display(),
+        r.stderr
+    );
 }
 
 #[test]

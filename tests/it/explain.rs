@@ -244,3 +244,169 @@ fn explain_lists_every_value_layer_that_set_a_key() {
             .all(|s| s["origin"]["by"] == "values" && s["origin"]["key"] == "tier")
     );
 }
+
+/// A chart whose env values come from a `{% for %}` loop after an `{% if %}` branch that writes the
+/// same keys: decidable at the top level (`single`), undecidable inside a loop over workers.
+fn branch_and_loop_repo() -> crate::harness::TempTree {
+    let t = crate::harness::TempTree::new();
+    t.write(
+        "charts/app/Chart.yaml",
+        "apiVersion: pailot.dev/v1\nname: app\nversion: 0.1.0\n",
+    );
+    t.write(
+        "charts/app/values.yaml",
+        r#"legacy: false
+legacyEnv: {name: A, value: "1"}
+env:
+  - {name: A, value: "1"}
+  - {name: B, value: "2"}
+workers:
+  - {name: a, legacy: true, env: [{name: X, value: "1"}]}
+  - {name: b, legacy: false, env: [{name: MODE, value: legacy}, {name: Y, value: "2"}]}
+"#,
+    );
+    // Lines 15-16: the branch not taken; 19-20: the loop that produced the values.
+    t.write(
+        "charts/app/templates/single.yaml",
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: single
+spec:
+  selector: {matchLabels: {app: single}}
+  template:
+    metadata: {labels: {app: single}}
+    spec:
+      containers:
+        - name: main
+          image: example/app:1
+          env:
+{%- if values.legacy %}
+            - name: {{ values.legacyEnv.name }}
+              value: {{ values.legacyEnv.value | tojson }}
+{%- endif %}
+{%- for e in values.env %}
+            - name: {{ e.name }}
+              value: {{ e.value | tojson }}
+{%- endfor %}
+"#,
+    );
+    // Lines 17-18: a branch taken for worker a only; 21-22: the loop over a worker's env.
+    t.write(
+        "charts/app/templates/workers.yaml",
+        r#"{%- for w in values.workers %}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ w.name }}
+spec:
+  selector: {matchLabels: {app: "{{ w.name }}"}}
+  template:
+    metadata: {labels: {app: "{{ w.name }}"}}
+    spec:
+      containers:
+        - name: main
+          image: example/app:1
+          env:
+{%- if w.legacy %}
+            - name: MODE
+              value: legacy
+{%- endif %}
+{%- for e in w.env %}
+            - name: {{ e.name }}
+              value: {{ e.value | tojson }}
+{%- endfor %}
+{%- endfor %}
+"#,
+    );
+    t.write(
+        "overlays/main/overlay.yaml",
+        "apiVersion: pailot.dev/v1\nkind: Overlay\ncharts: {include: [app]}\n",
+    );
+    t.write(
+        "clusters/test.yaml",
+        "apiVersion: pailot.dev/v1\nkind: Cluster\nname: test\noverlays: [main]\nmachines:\n  - {name: n1, address: 10.0.0.1, roles: [pai-worker], capacity: {memory: 8Gi, cpu: \"2\"}}\n",
+    );
+    t
+}
+
+/// Step 0 of `explain OBJECT POINTER -o json`.
+fn first_step(t: &crate::harness::TempTree, object: &str, pointer: &str) -> Value {
+    let r = pailot_in(
+        t.path(),
+        &[
+            "explain",
+            "-c",
+            "clusters/test.yaml",
+            object,
+            pointer,
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let fields: Value = serde_json::from_str(&r.stdout).unwrap();
+    fields[0]["steps"][0].clone()
+}
+
+#[test]
+fn explain_names_the_loop_that_produced_a_value_not_the_branch_that_was_not_taken() {
+    let t = branch_and_loop_repo();
+    let env = "/spec/template/spec/containers/0/env";
+    // `values.legacy` is false: the branch's identical-looking lines 15-16 did not run.
+    let step = first_step(&t, "Deployment/single", &format!("{env}/0/value"));
+    assert_eq!(step["value"], "1", "{step}");
+    assert_eq!(
+        step["origin"]["template"], "charts/app/templates/single.yaml",
+        "{step}"
+    );
+    assert_eq!(step["origin"]["line"], 20, "the loop's line: {step}");
+    // The loop goes over values.env: the item that gives "1" is env.0 (not legacyEnv).
+    assert_eq!(step["origin"]["by"], "values", "{step}");
+    assert_eq!(step["origin"]["key"], "env.0.value", "{step}");
+    assert_eq!(step["origin"]["file"], "charts/app/values.yaml", "{step}");
+    let step = first_step(&t, "Deployment/single", &format!("{env}/1/name"));
+    assert_eq!(step["origin"]["line"], 19, "{step}");
+    assert_eq!(step["origin"]["key"], "env.1.name", "{step}");
+}
+
+#[test]
+fn explain_says_the_line_is_unknown_when_a_loop_hides_which_branch_ran() {
+    let t = branch_and_loop_repo();
+    let env = "/spec/template/spec/containers/0/env";
+    // Worker b: `w.legacy` is false, but pailot cannot evaluate a condition inside the loop; both
+    // the branch (18) and the env loop (22) can write MODE=legacy.
+    let step = first_step(&t, "Deployment/b", &format!("{env}/0/value"));
+    assert_eq!(step["value"], "legacy", "{step}");
+    assert_eq!(step["origin"]["by"], "templateUncertain", "{step}");
+    assert_eq!(
+        step["origin"]["candidates"],
+        serde_json::json!([18, 22]),
+        "{step}"
+    );
+    // The table says so in words.
+    let r = pailot_in(
+        t.path(),
+        &[
+            "explain",
+            "-c",
+            "clusters/test.yaml",
+            "Deployment/b",
+            &format!("{env}/0/value"),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains(
+            "charts/app/templates/workers.yaml: line unknown, a loop or condition decides it (candidate lines 18, 22)"
+        ),
+        "{}",
+        r.stdout
+    );
+    // Values only the loop can give are named by their line; the env loop goes over a loop
+    // variable's list (w.env), so the item is found through both loops.
+    let step = first_step(&t, "Deployment/b", &format!("{env}/1/value"));
+    assert_eq!(step["origin"]["line"], 22, "{step}");
+    assert_eq!(step["origin"]["key"], "workers.1.env.1.value", "{step}");
+}

@@ -66,3 +66,11 @@ fn golden_single_node_gpu() {
         &["render", "--cluster", "clusters/single-node-gpu.yaml"],
     );
 }
+
+#[test]
+fn golden_two_node_gpu() {
+    golden(
+        "two-node-gpu",
+        &["render", "--cluster", "clusters/two-node-gpu.yaml"],
+    );
+}

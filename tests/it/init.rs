@@ -76,3 +76,28 @@ fn stdout_by_default_and_bad_input_exits_2() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("bad.yaml:3"), "{}", r.stderr);
 }
+
+#[test]
+fn output_file_is_not_overwritten_without_force() {
+    let t = TempTree::new();
+    t.write("qs.yaml", "machines: [10.0.0.1]\nssh-username: ops\n");
+    let existing = t.write("clusters/lab.yaml", "# hand-edited, keep me\n");
+    let args = ["init", "--from", "qs.yaml", "-o", "clusters/lab.yaml"];
+    let r = pailot_in(t.path(), &args);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("clusters/lab.yaml") && r.stderr.contains("--force"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&existing).unwrap(),
+        "# hand-edited, keep me\n"
+    );
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    let r = pailot_in(t.path(), &forced);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let written = std::fs::read_to_string(&existing).unwrap();
+    assert!(written.contains("kind: Cluster"), "{written}");
+}

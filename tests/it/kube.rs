@@ -324,6 +324,13 @@ impl PrivateCluster {
         PrivateCluster::start_with(dir, label, nodes, &[])
     }
 
+    /// Like [`PrivateCluster::start`], with the fake nodes of a nodes file (`tests/cluster/nodes/*.yaml`:
+    /// labels, capacities such as `nvidia.com/gpu`, taints).
+    pub fn start_with_nodes_file(dir: &Path, label: &str, nodes_file: &Path) -> PrivateCluster {
+        let file = nodes_file.to_str().expect("UTF-8 path");
+        Self::start_with(dir, label, &[], &["--nodes-file", file])
+    }
+
     /// [`PrivateCluster::start`] with extra testcluster flags (`--pki-root DIR`, `--apiserver-arg=...`).
     pub fn start_with(dir: &Path, label: &str, nodes: &[&str], extra: &[&str]) -> PrivateCluster {
         let log = dir.join(format!("testcluster-{label}.log"));

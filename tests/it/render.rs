@@ -106,6 +106,21 @@ fn namespaced_objects_get_the_cluster_namespace_and_chart_label() {
 }
 
 #[test]
+fn help_lists_only_the_formats_render_accepts() {
+    let r = crate::harness::pailot(&["render", "--help"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.contains("possible values"))
+        .unwrap_or_else(|| panic!("no possible values in:\n{}", r.stdout));
+    assert!(
+        line.contains("yaml") && line.contains("json") && !line.contains("table"),
+        "{line}"
+    );
+}
+
+#[test]
 fn table_output_is_a_usage_error() {
     let t = fixture_repo("overlay-replaces-memory-request");
     let r = pailot_in(
@@ -134,6 +149,96 @@ fn lint_passes_a_good_repository_and_lists_unused_overlays() {
         "b is used through extends: {}",
         r.stdout
     );
+}
+
+#[test]
+fn lint_rejects_a_cluster_with_no_overlays() {
+    let t = fixture_repo("extends-applies-parents-first-each-once");
+    let good = std::fs::read_to_string(t.path().join("clusters/test.yaml")).unwrap();
+    assert!(good.contains("overlays: [main]"), "{good}");
+    // Charts start from none: without an overlay the cluster renders nothing at all.
+    t.write(
+        "clusters/empty.yaml",
+        &good.replace("overlays: [main]", "overlays: []"),
+    );
+    t.write(
+        "clusters/unset.yaml",
+        &good.replace("overlays: [main]\n", ""),
+    );
+    let r = pailot_in(t.path(), &["lint", "--cluster", "clusters/test.yaml"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    for f in ["clusters/empty.yaml", "clusters/unset.yaml"] {
+        assert!(
+            r.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("problem: {f}: overlays:"))
+                    && l.contains("renders nothing")),
+            "{f}: {}",
+            r.stdout
+        );
+    }
+    // The cluster given with --cluster is checked too, wherever it lives.
+    t.write(
+        "elsewhere/none.yaml",
+        &good.replace("overlays: [main]", "overlays: []"),
+    );
+    std::fs::remove_file(t.path().join("clusters/empty.yaml")).unwrap();
+    std::fs::remove_file(t.path().join("clusters/unset.yaml")).unwrap();
+    let r = pailot_in(t.path(), &["lint", "--cluster", "elsewhere/none.yaml"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("problem: elsewhere/none.yaml: overlays:"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn lint_warns_about_a_host_port_deployment_that_cannot_surge_on_its_machines() {
+    let t = fixture_repo("extends-applies-parents-first-each-once");
+    let one = std::fs::read_to_string(t.path().join("clusters/test.yaml")).unwrap();
+    let two = format!(
+        "{one}  - name: node-2\n    address: 10.0.0.2\n    roles: [pai-worker]\n    capacity: {{memory: 16Gi, cpu: \"4\"}}\n"
+    );
+    // The web Deployment (1 replica, default RollingUpdate: maxSurge 25% = 1) on the host network.
+    t.write(
+        "overlays/hostnet/overlay.yaml",
+        "apiVersion: pailot.dev/v1\nkind: Overlay\nextends: [all]\npatches:\n  - target: {kind: Deployment, name: web}\n    ops: [{op: add, path: /spec/template/spec/hostNetwork, value: true}]\n",
+    );
+    t.write(
+        "overlays/hostnet-recreate/overlay.yaml",
+        "apiVersion: pailot.dev/v1\nkind: Overlay\nextends: [hostnet]\npatches:\n  - target: {kind: Deployment, name: web}\n    ops: [{op: add, path: /spec/strategy, value: {type: Recreate}}]\n",
+    );
+    t.write("clusters/test.yaml", &one.replace("[main]", "[hostnet]"));
+    t.write("clusters/two.yaml", &two.replace("[main]", "[hostnet]"));
+    t.write(
+        "clusters/recreate.yaml",
+        &one.replace("[main]", "[hostnet-recreate]"),
+    );
+    let r = pailot_in(t.path(), &["lint", "--cluster", "clusters/test.yaml"]);
+    assert_eq!(
+        r.code, 0,
+        "a warning is not a problem: {}{}",
+        r.stdout, r.stderr
+    );
+    let warnings: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", r.stdout);
+    let w = warnings[0];
+    for want in [
+        "clusters/test.yaml: Deployment/default/web (chart web)",
+        "hostNetwork",
+        "maxSurge 1",
+        "needs 2 machines",
+        "1 machine (node-1)",
+        "Recreate",
+    ] {
+        assert!(w.contains(want), "{want:?} not in {w}");
+    }
+    assert!(r.stdout.contains("1 warning(s)"), "{}", r.stdout);
 }
 
 #[test]
