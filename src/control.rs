@@ -877,7 +877,7 @@ mod tests {
             revision: Some("abc".into()),
             subject: None,
             author: None,
-            result: Outcome::Succeeded,
+            result: Outcome::Success,
             stage: None,
             reason: None,
             message: None,

@@ -39,27 +39,8 @@ pub enum Error {
     },
 }
 
-/// How a reconcile ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    /// Applied (and healthy, when waiting is on), or nothing to change.
-    Succeeded,
-    /// A stage failed; `stage`, `reason` and `message` say which and why.
-    Failed,
-    /// A stop request (SIGTERM) ended it between objects.
-    Stopped,
-}
-
-impl Outcome {
-    pub fn word(self) -> &'static str {
-        match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed => "failed",
-            Outcome::Stopped => "stopped",
-        }
-    }
-}
+/// How a reconcile ended: the daemon's one vocabulary (`/status`, history, notifications).
+pub use crate::daemon::status::Outcome;
 
 /// How many objects of one chart each apply action touched.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -404,7 +385,7 @@ mod tests {
             revision: Some(format!("{n:040x}")),
             subject: Some(format!("change {n}")),
             author: Some("Ops <ops@example.com>".into()),
-            result: Outcome::Succeeded,
+            result: Outcome::Success,
             stage: None,
             reason: None,
             message: None,

@@ -133,6 +133,58 @@ struct ChartLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabels {
+    cert: String,
+}
+
+/// Scrape-time collector of the notifier's counters: `pailot_notifications_total{sink,result}`, one
+/// series per configured sink and result (`sent`, `failed`, `dropped`, `deduplicated`), plus
+/// `sink="(queue)"` for events dropped before any sink saw them.
+#[derive(Debug)]
+struct NotificationCollector(std::sync::Arc<Mutex<Option<crate::notification::Notifier>>>);
+
+impl Collector for NotificationCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(notifier) = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return Ok(());
+        };
+        if !notifier.enabled() {
+            return Ok(());
+        }
+        let stats = notifier.stats();
+        let family = Family::<SinkResultLabels, Counter>::default();
+        let put = |sink: &str, result: &'static str, n: u64| {
+            family
+                .get_or_create(&SinkResultLabels {
+                    sink: sink.to_string(),
+                    result,
+                })
+                .inc_by(n);
+        };
+        put("(queue)", "dropped", stats.queue_dropped);
+        for s in &stats.sinks {
+            put(&s.name, "sent", s.sent);
+            put(&s.name, "failed", s.failed);
+            put(&s.name, "dropped", s.dropped);
+            put(&s.name, "deduplicated", s.deduplicated);
+        }
+        let metric = encoder.encode_descriptor(
+            "pailot_notifications",
+            "Notifications and commit statuses, by sink and result.",
+            None,
+            family.metric_type(),
+        )?;
+        family.encode(metric)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkResultLabels {
+    sink: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ItemLabels {
     item: String,
 }
@@ -203,6 +255,10 @@ pub struct Metrics {
     rollbacks_total: Counter,
     bootstrap_complete: Gauge,
     bootstrap_missing: Family<ItemLabels, Gauge>,
+    suspended: Gauge,
+    certificate_expiry: Family<CertLabels, Gauge>,
+    /// The notifier whose counters `pailot_notifications_total` shows (set once the daemon has one).
+    notifications: std::sync::Arc<Mutex<Option<crate::notification::Notifier>>>,
     leader: Gauge,
     /// Serialises the "one live series" updates (revision, failing).
     single_series: Mutex<()>,
@@ -331,6 +387,21 @@ impl Metrics {
             "1 for each thing the host bootstrap is missing (item: record, mirror <registry>, …); absent when complete.",
             bootstrap_missing.clone(),
         );
+        let suspended = Gauge::default();
+        registry.register(
+            "pailot_suspended",
+            "1 while applying and drift correction are suspended (`pailot suspend`).",
+            suspended.clone(),
+        );
+        let certificate_expiry = Family::<CertLabels, Gauge>::default();
+        registry.register(
+            "pailot_certificate_expiry_timestamp_seconds",
+            "notAfter of each control-plane certificate bootstrap wrote (cert: kubeadm file stem or kubeconfig name); 0 when unreadable.",
+            certificate_expiry.clone(),
+        );
+        let notifications: std::sync::Arc<Mutex<Option<crate::notification::Notifier>>> =
+            std::sync::Arc::default();
+        registry.register_collector(Box::new(NotificationCollector(notifications.clone())));
         let leader = Gauge::default();
         registry.register(
             "pailot_leader",
@@ -388,6 +459,9 @@ impl Metrics {
             rollbacks_total,
             bootstrap_complete,
             bootstrap_missing,
+            suspended,
+            certificate_expiry,
+            notifications,
             leader,
             single_series: Mutex::new(()),
             charts: Mutex::new(HashSet::new()),
@@ -590,6 +664,29 @@ impl Metrics {
                 .get_or_create(&ItemLabels { item })
                 .set(1);
         }
+    }
+
+    /// Whether applying and correcting are suspended.
+    pub fn set_suspended(&self, suspended: bool) {
+        self.suspended.set(i64::from(suspended));
+    }
+
+    /// The expiry of every certificate found (the series of certificates no longer found go).
+    pub fn set_certificate_expiries(&self, certs: &[crate::bootstrap::pki::CertExpiry]) {
+        let _g = self.single_series.lock().unwrap_or_else(|e| e.into_inner());
+        self.certificate_expiry.clear();
+        for c in certs {
+            self.certificate_expiry
+                .get_or_create(&CertLabels {
+                    cert: c.cert.clone(),
+                })
+                .set(c.not_after_unix);
+        }
+    }
+
+    /// Count what `notifier` sends from now on (`pailot_notifications_total`).
+    pub fn watch_notifications(&self, notifier: crate::notification::Notifier) {
+        *self.notifications.lock().unwrap_or_else(|e| e.into_inner()) = Some(notifier);
     }
 
     /// Whether this daemon is the leader (or runs without leader election).

@@ -119,7 +119,7 @@ pub fn run_reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
                 Output::Yaml => print!("{}", serde_saphyr::to_string(&entry)?),
                 Output::Table => print!("{}", reconcile_table(&entry)),
             }
-            Ok(if entry.result == Outcome::Succeeded {
+            Ok(if entry.result == Outcome::Success {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_DIFF)
@@ -133,7 +133,7 @@ pub fn run_reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
 pub fn reconcile_table(e: &Entry) -> String {
     let mut out = format!(
         "{} {} in {} ({})",
-        e.result.word(),
+        e.result.as_str(),
         e.revision.as_deref().map_or("-", short_rev),
         format_duration(Duration::from_millis(e.duration_ms)),
         e.trigger,
@@ -142,7 +142,7 @@ pub fn reconcile_table(e: &Entry) -> String {
         out.push_str(&format!(": {s}"));
     }
     out.push('\n');
-    if e.result != Outcome::Succeeded {
+    if e.result != Outcome::Success {
         let place = match (&e.stage, &e.reason) {
             (Some(s), Some(r)) => format!("{s}/{r}"),
             (Some(s), None) => s.clone(),

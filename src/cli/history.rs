@@ -82,7 +82,7 @@ pub fn table(entries: &[Entry]) -> String {
     ];
     for e in entries {
         let changes = match e.result {
-            Outcome::Succeeded => {
+            Outcome::Success => {
                 let mut c = e.totals().summary();
                 if e.drift_corrections > 0 {
                     c.push_str(&format!(", {} drift corrected", e.drift_corrections));
@@ -100,7 +100,7 @@ pub fn table(entries: &[Entry]) -> String {
             format_duration(Duration::from_millis(e.duration_ms)),
             e.trigger.clone(),
             e.revision.as_deref().map_or("-", short_rev).to_string(),
-            e.result.word().to_string(),
+            e.result.as_str().to_string(),
             if changes.is_empty() {
                 "-".into()
             } else {
@@ -128,7 +128,7 @@ mod tests {
             revision: Some("1a2b3c4d5e6f7a8b9c0d".into()),
             subject: Some("tune zookeeper".into()),
             author: None,
-            result: Outcome::Succeeded,
+            result: Outcome::Success,
             stage: None,
             reason: None,
             message: None,
@@ -142,7 +142,7 @@ mod tests {
             drift_corrections: 0,
         };
         let failed = Entry {
-            result: Outcome::Failed,
+            result: Outcome::Failure,
             stage: Some("render".into()),
             reason: Some("invalid_input".into()),
             charts: BTreeMap::new(),

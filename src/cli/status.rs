@@ -180,14 +180,7 @@ pub fn table(s: &StatusSnapshot, now: f64) -> String {
     }
     head.push(vec!["PHASE".into(), phase]);
     if let Some(sus) = &s.suspended {
-        let mut v = format!("since {}", relative(sus.since, now));
-        if let Some(u) = sus.until {
-            let _ = write!(v, ", until {}", relative(u, now));
-        }
-        if let Some(r) = &sus.reason {
-            let _ = write!(v, ": {r}");
-        }
-        head.push(vec!["SUSPENDED".into(), v]);
+        head.push(vec!["SUSPENDED".into(), sus.describe(now as u64)]);
     }
     if let Some(l) = s.leader {
         head.push(vec!["LEADER".into(), if l { "yes" } else { "no" }.into()]);

@@ -56,6 +56,26 @@ pub struct RawConfig {
     /// Limits of the helper processes that fetch and render (a commit cannot stop the daemon).
     #[serde(default)]
     pub helpers: RawHelpers,
+    /// Where reconcile results, drift corrections, refused prunes and suspensions are sent (webhook,
+    /// Slack, commit statuses); none by default.
+    #[serde(default)]
+    pub notifications: crate::notification::RawConfig,
+    /// The reconcile history kept in the state directory (`pailot history`).
+    #[serde(default)]
+    pub history: RawHistory,
+    /// Root of the host file system `pailot bootstrap` wrote to (its `--root`; default `/`): where the
+    /// control-plane certificates are read for `pailot_certificate_expiry_timestamp_seconds`.
+    #[serde(default)]
+    pub host_root: Option<PathBuf>,
+}
+
+/// `history:` — how much of the reconcile history is kept.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawHistory {
+    /// Reconciles kept (the oldest are dropped; default 100).
+    #[serde(default)]
+    pub limit: Option<usize>,
 }
 
 /// `helpers:` — bounds of each fetch or render helper process.
@@ -366,6 +386,11 @@ pub struct Config {
     pub leader_election: Option<LeaderConfig>,
     /// Bounds of each fetch/render helper process.
     pub helpers: crate::daemon::helper::Limits,
+    pub notifications: crate::notification::Config,
+    /// Reconciles kept in the history.
+    pub history_limit: usize,
+    /// Root of the host file system bootstrap wrote to.
+    pub host_root: PathBuf,
 }
 
 /// Default listen address: loopback only.
@@ -641,6 +666,17 @@ impl Config {
                 .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             leader_election,
             helpers,
+            notifications: raw.notifications.validate(file, &base, "notifications")?,
+            host_root: raw
+                .host_root
+                .as_deref()
+                .map(resolve)
+                .unwrap_or_else(|| PathBuf::from("/")),
+            history_limit: match raw.history.limit {
+                Some(0) => return Err(err("history.limit", "must be at least 1".into())),
+                Some(n) => n,
+                None => crate::history::DEFAULT_LIMIT,
+            },
         })
     }
 
@@ -653,6 +689,8 @@ impl Config {
             Some("stateDir")
         } else if self.leader_election != new.leader_election {
             Some("leaderElection")
+        } else if self.notifications != new.notifications {
+            Some("notifications")
         } else {
             None
         }

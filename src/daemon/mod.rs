@@ -49,6 +49,9 @@ pub enum Error {
     /// The reconcile task panicked.
     #[error("reconcile task failed: {0}")]
     Task(String),
+    /// Another daemon serves the same state directory (its control socket answers).
+    #[error("{0}")]
+    Control(#[source] crate::control::BindError),
 }
 
 /// Options from the command line.
@@ -154,6 +157,43 @@ pub async fn run(
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
     let mut source_triggers = SourceTriggers::start(&config, &trigger_tx, &status);
 
+    // Operator controls: notifications, the control socket (suspend, resume, reconcile, history) and
+    // the history the loop writes.
+    let cluster_label = Path::new(&config.source.cluster).file_stem().map_or_else(
+        || "pailot".to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    );
+    let notifier =
+        crate::notification::Notifier::spawn(config.notifications.clone(), cluster_label);
+    metrics.watch_notifications(notifier.clone());
+    let (controls, manual_rx, warning) =
+        crate::control::Controls::start(&config.state_dir, notifier.clone());
+    if let Some(w) = warning {
+        tracing::warn!("{w}");
+    }
+    let control_task = start_control_socket(&config.state_dir, &controls, stop_rx.clone())?;
+    let loop_controls = reconcile::Controls {
+        manual: Arc::default(),
+        suspension: controls.suspension(),
+    };
+    tokio::spawn(forward_manual_calls(
+        manual_rx,
+        loop_controls.manual.clone(),
+        trigger_tx.clone(),
+        active_rx.clone(),
+    ));
+    tokio::spawn(follow_suspension(
+        controls.suspension(),
+        metrics.clone(),
+        status.clone(),
+    ));
+    let history_tx = start_history(&config.state_dir, config.history_limit, status.clone());
+    tokio::spawn(watch_certificates(
+        config.host_root.clone(),
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
+
     // The reconciler.
     let (settings_tx, settings_rx) = watch::channel(config.reconcile.clone());
     let heartbeat = Arc::new(Heartbeat::default());
@@ -178,6 +218,9 @@ pub async fn run(
                 outcome.as_str()
             ));
         }))),
+        controls: loop_controls,
+        notifier,
+        history: history_tx,
     };
     let reconcile_task = tokio::spawn(reconciler.run(trigger_rx, stop_rx.clone()));
 
@@ -245,6 +288,9 @@ pub async fn run(
         "state written"
     );
     drop(source_triggers);
+    if let Some(t) = control_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     systemd_task.abort();
     bootstrap_task.abort();
     if let Some(t) = watchdog_task {
@@ -256,6 +302,133 @@ pub async fn run(
     match server_task.await {
         Ok(r) => r.map_err(Error::Server),
         Err(e) => Err(Error::Task(e.to_string())),
+    }
+}
+
+/// Serve the control socket in the state directory (mode 0660, group `pailot`). Another daemon on the
+/// same state directory is an error; any other failure only costs the controls (logged).
+fn start_control_socket(
+    state_dir: &Path,
+    controls: &crate::control::Controls,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, Error> {
+    let path = crate::control::socket_path(state_dir);
+    match crate::control::bind(&path, Some(crate::control::CONTROL_GROUP)) {
+        Ok(listener) => {
+            if let Some(w) = &listener.warning {
+                tracing::warn!("{w}");
+            }
+            tracing::info!(socket = %path.display(), "control socket: pailot reconcile|suspend|resume|history");
+            Ok(Some(tokio::spawn(crate::control::serve(
+                listener,
+                Arc::new(controls.clone()),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            ))))
+        }
+        Err(e @ crate::control::BindError::InUse { .. }) => Err(Error::Control(e)),
+        Err(e) => {
+            tracing::error!(error = %e, "no control socket: pailot reconcile/suspend/resume cannot reach this daemon");
+            Ok(None)
+        }
+    }
+}
+
+/// Hand each `pailot reconcile` to the loop: kept until the reconcile that answers it ends, and a
+/// `Trigger::Manual` for the loop (refused at once when this daemon may not apply).
+async fn forward_manual_calls(
+    mut calls: mpsc::Receiver<crate::control::ManualReconcile>,
+    pending: Arc<std::sync::Mutex<Vec<crate::control::ManualReconcile>>>,
+    triggers: mpsc::Sender<Trigger>,
+    active: watch::Receiver<bool>,
+) {
+    while let Some(call) = calls.recv().await {
+        if !*active.borrow() {
+            call.refuse("this daemon is not applying (no bootstrap record, or not the leader)");
+            continue;
+        }
+        tracing::info!(by = %call.peer, correct_drift = call.correct_drift, "reconcile asked for");
+        pending.lock().unwrap_or_else(|e| e.into_inner()).push(call);
+        let _ = triggers.try_send(Trigger::Manual);
+    }
+}
+
+/// Keep `/status` and `pailot_suspended` in step with the suspension.
+async fn follow_suspension(
+    mut suspension: watch::Receiver<Option<crate::suspension::Suspension>>,
+    metrics: Arc<Metrics>,
+    status: StatusTx,
+) {
+    loop {
+        let s = suspension.borrow_and_update().clone();
+        metrics.set_suspended(s.is_some());
+        status.update(|st| st.suspended = s);
+        if suspension.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Open the history in the state directory and return where the loop sends its entries; a writer
+/// task appends them (fsync'd, off the runtime's threads). `None` (history off) when it cannot open.
+fn start_history(
+    state_dir: &Path,
+    limit: usize,
+    status: StatusTx,
+) -> Option<mpsc::Sender<crate::history::Entry>> {
+    let (history, warnings) = match crate::history::History::open(state_dir, limit) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "no reconcile history: cannot open it");
+            return None;
+        }
+    };
+    for w in warnings {
+        tracing::warn!("history: {w}");
+    }
+    if let Ok(read) = crate::history::read(state_dir, 1) {
+        status.update(|st| st.latest_history = read.entries.last().cloned());
+    }
+    let (tx, mut rx) = mpsc::channel::<crate::history::Entry>(64);
+    let history = Arc::new(std::sync::Mutex::new(history));
+    tokio::spawn(async move {
+        while let Some(entry) = rx.recv().await {
+            let h = history.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                h.lock().unwrap_or_else(|e| e.into_inner()).append(&entry)
+            })
+            .await;
+            if let Ok(Err(e)) = written {
+                tracing::warn!(error = %e, "reconcile not recorded in the history");
+            }
+        }
+    });
+    Some(tx)
+}
+
+/// How often the control-plane certificates are read again.
+const CERTIFICATE_RECHECK: Duration = Duration::from_secs(3600);
+
+/// Export the control-plane certificates' expiry (read at start and every hour).
+async fn watch_certificates(
+    root: std::path::PathBuf,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let r = root.clone();
+        match tokio::task::spawn_blocking(move || crate::bootstrap::pki::certificate_expiries(&r))
+            .await
+        {
+            Ok(Ok(certs)) => metrics.set_certificate_expiries(&certs),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the control-plane certificates"),
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(CERTIFICATE_RECHECK) => {}
+            _ = stop.changed() => return,
+        }
     }
 }
 
@@ -325,33 +498,42 @@ async fn follow_phases(status: StatusTx, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// What the bootstrap record says, as `/status` and the metrics show it.
+/// What the bootstrap record says, as `/status` and the metrics show it: each missing item as
+/// `<step>: <detail>` (the step word is the metric's `item` label; `record` when there is none).
 pub fn bootstrap_status(state_dir: &Path, no_bootstrap: bool) -> BootstrapStatus {
+    use crate::bootstrap::BootstrapState as B;
     if no_bootstrap {
         return BootstrapStatus {
             complete: true,
-            missing: Vec::new(),
+            ..Default::default()
         };
     }
-    match crate::bootstrap::read_record(state_dir) {
-        Ok(Some(r)) if r.complete => BootstrapStatus {
+    match crate::bootstrap::bootstrap_state(state_dir) {
+        B::Complete { warnings } => BootstrapStatus {
             complete: true,
             missing: Vec::new(),
+            warnings,
         },
-        Ok(Some(_)) => BootstrapStatus {
+        B::Incomplete { missing, warnings } => BootstrapStatus {
             complete: false,
-            missing: vec!["api steps: bootstrap ran without the API steps (node labels); run `pailot bootstrap`".into()],
+            missing: missing
+                .iter()
+                .map(|m| format!("{}: {}", m.step.as_str(), m.detail))
+                .collect(),
+            warnings,
         },
-        Ok(None) => BootstrapStatus {
+        B::NotRun => BootstrapStatus {
             complete: false,
             missing: vec![format!(
                 "record: no bootstrap record in {} (run `pailot bootstrap`, or start the daemon with --no-bootstrap)",
                 state_dir.display()
             )],
+            warnings: Vec::new(),
         },
-        Err(e) => BootstrapStatus {
+        B::Invalid { message } => BootstrapStatus {
             complete: false,
-            missing: vec![format!("record: {e}")],
+            missing: vec![format!("record: {message}")],
+            warnings: Vec::new(),
         },
     }
 }

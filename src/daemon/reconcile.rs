@@ -37,11 +37,15 @@ use crate::apply::progress::{ChartState, Progress};
 use crate::apply::{ApplyReport, Stop};
 use crate::clock::unix_now_f64;
 use crate::cluster::Cluster;
+use crate::control::ManualReconcile;
 use crate::failure::{Failure, Next, Reason, Stage};
+use crate::history;
 use crate::inventory::Inventory;
 use crate::manifest::ObjectId;
 use crate::metrics::{FetchResult, Metrics, PruneBlockedReason, ReconcileResult};
+use crate::notification::{Event, EventKind, Notifier};
 use crate::render::Rendered;
+use crate::suspension::Suspension;
 
 /// Why a reconcile was asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -63,6 +67,10 @@ pub enum Trigger {
     Retry,
     /// This daemon became active (leadership won; a trigger that arrived while inactive).
     Activated,
+    /// `pailot reconcile` through the control socket.
+    Manual,
+    /// `pailot resume`, or a `--for` suspension ran out.
+    Resume,
 }
 
 impl Trigger {
@@ -76,12 +84,17 @@ impl Trigger {
             Trigger::Drift => "drift",
             Trigger::Retry => "retry",
             Trigger::Activated => "activated",
+            Trigger::Manual => "manual",
+            Trigger::Resume => "resume",
         }
     }
 
     /// Triggers that may carry a new revision (worth a fetch while an apply or a backoff is under way).
     pub fn may_carry_a_revision(self) -> bool {
-        matches!(self, Trigger::Watch | Trigger::Poll | Trigger::Webhook)
+        matches!(
+            self,
+            Trigger::Watch | Trigger::Poll | Trigger::Webhook | Trigger::Manual
+        )
     }
 }
 
@@ -299,6 +312,34 @@ pub struct Reconciler<S, R, A> {
     pub heartbeat: Arc<Heartbeat>,
     /// Called once, after the first reconcile ends (success or not): systemd READY=1.
     pub on_first_reconcile: std::sync::Mutex<Option<Box<dyn FnOnce(Outcome) + Send>>>,
+    /// Operator controls: manual reconciles waiting for an answer, and the suspension in force.
+    pub controls: Controls,
+    /// Where reconcile results go out (webhooks, Slack, commit statuses).
+    pub notifier: Notifier,
+    /// Where each finished reconcile is recorded (`pailot history`); `None` in tests that do not keep one.
+    pub history: Option<mpsc::Sender<history::Entry>>,
+}
+
+/// What operators control while the loop runs (`pailot reconcile|suspend|resume`).
+#[derive(Clone)]
+pub struct Controls {
+    /// `pailot reconcile` calls not answered yet; each is answered with the entry of the next
+    /// reconcile that ends.
+    pub manual: Arc<std::sync::Mutex<Vec<ManualReconcile>>>,
+    /// The suspension in force (`None`: applying and correcting).
+    pub suspension: watch::Receiver<Option<Suspension>>,
+}
+
+impl Default for Controls {
+    fn default() -> Self {
+        let (tx, suspension) = watch::channel(None);
+        // Nobody suspends: keep the sender so the receiver never reports a closed channel.
+        std::mem::forget(tx);
+        Controls {
+            manual: Arc::default(),
+            suspension,
+        }
+    }
 }
 
 /// The reconcile in progress: what started it, and when.
@@ -309,6 +350,10 @@ struct Cycle {
     trigger: Trigger,
     /// The revision it is about, once known.
     revision: Option<Revision>,
+    /// Objects per chart and action, once an apply reported.
+    charts: BTreeMap<String, history::ActionCounts>,
+    /// Drifted objects a drift fix puts back.
+    drift_corrections: u32,
 }
 
 impl Cycle {
@@ -318,6 +363,8 @@ impl Cycle {
             started_at: unix_now_f64(),
             trigger,
             revision: None,
+            charts: BTreeMap::new(),
+            drift_corrections: 0,
         }
     }
 }
@@ -343,6 +390,10 @@ struct Memory {
     reload_pending: bool,
     /// The first reconcile has ended.
     reported_first: bool,
+    /// The loop's own receiver of the suspension (its seen-version tracks what the loop handled).
+    suspension: watch::Receiver<Option<Suspension>>,
+    /// Correct drift once, even in warn mode (`pailot reconcile --correct-drift`).
+    correct_drift_once: bool,
 }
 
 impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
@@ -383,6 +434,8 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             cycle: Cycle::new(Trigger::Startup),
             reload_pending: false,
             reported_first: false,
+            suspension: self.controls.suspension.clone(),
+            correct_drift_once: false,
         };
         let mut state = State::Fetching {
             force: true,
@@ -444,7 +497,9 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
 
     fn set_phase(&self, state: &State, mem: &Memory) {
         self.heartbeat.beat();
+        let suspended = self.suspended();
         let phase = match state {
+            State::Idle if suspended => Phase::Suspended,
             State::Idle | State::Stopped => Phase::Idle,
             State::Fetching { .. } => Phase::Fetching,
             State::Rendering { .. } => Phase::Rendering,
@@ -494,6 +549,14 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
         tokio::select! {
             biased;
             _ = stop.changed() => State::Stopped,
+            r = mem.suspension.changed() => {
+                let resumed = r.is_ok() && mem.suspension.borrow_and_update().is_none();
+                if resumed && *self.active.borrow() {
+                    State::Fetching { force: true, trigger: Trigger::Resume }
+                } else {
+                    State::Idle
+                }
+            }
             changed = mem.gate.changed(), if !mem.gate_gone => {
                 if changed.is_err() {
                     // The gate's owner is gone: the last value stays; keep serving triggers.
@@ -514,13 +577,14 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
                 let Some(first) = first else { return State::Stopped };
                 // Coalesce everything already queued into one reconcile; it is named after the first
                 // trigger that is not a drift check.
-                let mut force = first == Trigger::Reload || first == Trigger::Startup;
+                let forcing = |t: Trigger| matches!(t, Trigger::Reload | Trigger::Startup | Trigger::Manual);
+                let mut force = forcing(first);
                 let mut only_drift = first == Trigger::Drift;
                 let mut cause = first;
                 self.count_trigger(first);
                 while let Ok(t) = triggers.try_recv() {
                     self.count_trigger(t);
-                    force |= t == Trigger::Reload || t == Trigger::Startup;
+                    force |= forcing(t);
                     only_drift &= t == Trigger::Drift;
                     if cause == Trigger::Drift {
                         cause = t;
@@ -529,6 +593,9 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
                 if !*self.active.borrow() {
                     mem.pending = true;
                     return State::Idle;
+                }
+                if cause == Trigger::Manual && self.manual_wants_drift_correction() {
+                    mem.correct_drift_once = true;
                 }
                 if only_drift { self.check_drift(mem).await } else { State::Fetching { force, trigger: cause } }
             }
@@ -595,6 +662,17 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             Err(e) => return self.fail(mem, e),
         };
         let commit = Some(&revision.commit);
+        if self.suspended() {
+            tracing::info!(revision = %revision.commit, "suspended: fetched, not applied");
+            return State::Idle;
+        }
+        if mem.correct_drift_once && mem.persisted.last_applied_revision.as_ref() == commit {
+            // `pailot reconcile --correct-drift`: the applied commit is current; correct its drift once.
+            mem.cycle.revision = Some(revision);
+            return self.check_drift(mem).await;
+        }
+        // A newer commit's apply puts every field back anyway: the request is served by it.
+        mem.correct_drift_once = false;
         if !force && mem.persisted.last_applied_revision.as_ref() == commit {
             mem.attempt = 0;
             if mem.persisted.last_failed_revision.take().is_some() {
@@ -795,6 +873,7 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             .collect();
         self.metrics.set_charts(&ready);
         self.metrics.record_apply(&report.counts);
+        mem.cycle.charts = history::chart_counts(&report);
         self.record_members(mem, &job, &report);
         if let Some(failure) = Failure::from_report(&report) {
             if failure.reason == Reason::PruneBlocked {
@@ -993,14 +1072,17 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => {
+                    if self.suspended() {
+                        return State::Idle;
+                    }
                     return State::Fetching { force: true, trigger: Trigger::Retry };
                 }
                 _ = stopped(stop) => return State::Stopped,
                 t = triggers.recv() => {
                     let Some(t) = t else { return State::Stopped };
                     self.count_trigger(t);
-                    if t == Trigger::Reload {
-                        return State::Fetching { force: true, trigger: Trigger::Reload };
+                    if t == Trigger::Reload || t == Trigger::Manual {
+                        return State::Fetching { force: true, trigger: t };
                     }
                     if !t.may_carry_a_revision() {
                         continue;
@@ -1050,6 +1132,14 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
         let (interval, mode) = {
             let s = self.settings.borrow();
             (s.drift_interval, s.drift_mode)
+        };
+        // Suspended: report only. `pailot reconcile --correct-drift`: correct once, even in warn mode.
+        let mode = if self.suspended() {
+            DriftMode::Warn
+        } else if std::mem::take(&mut mem.correct_drift_once) {
+            DriftMode::Correct
+        } else {
+            mode
         };
         mem.next_drift = Instant::now() + interval;
         let Some(applied) = mem.applied.clone() else {
@@ -1153,8 +1243,14 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             }
             return State::Idle;
         }
-        mem.cycle = Cycle::new(Trigger::Drift);
+        let trigger = if mem.cycle.trigger == Trigger::Manual {
+            Trigger::Manual
+        } else {
+            Trigger::Drift
+        };
+        mem.cycle = Cycle::new(trigger);
         mem.cycle.revision = Some(applied.revision.clone());
+        mem.cycle.drift_corrections = counts.values().sum::<u64>() as u32;
         State::Applying(ApplyJob {
             revision: applied.revision.clone(),
             plan: Arc::new(plan),
@@ -1249,6 +1345,9 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             rolled_back_to: None,
         };
         self.status.update(|st| st.last_reconcile = Some(last));
+        if outcome != Outcome::Superseded {
+            self.record(mem, outcome, failure);
+        }
         if !mem.reported_first && outcome != Outcome::Superseded {
             mem.reported_first = true;
             let first = self
@@ -1260,6 +1359,114 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
                 f(outcome);
             }
         }
+    }
+
+    /// Whether applying and correcting are suspended now.
+    fn suspended(&self) -> bool {
+        self.controls.suspension.borrow().is_some()
+    }
+
+    /// Whether a waiting `pailot reconcile` asked to correct drift.
+    fn manual_wants_drift_correction(&self) -> bool {
+        self.controls
+            .manual
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|c| c.correct_drift)
+    }
+
+    /// The reconcile that just ended, into the history, to the `pailot reconcile` calls waiting for
+    /// it, and out as a notification.
+    fn record(&self, mem: &Memory, outcome: Outcome, failure: Option<(&Failure, Next)>) {
+        let cycle = &mem.cycle;
+        let entry = history::Entry {
+            started_at: cycle.started_at as u64,
+            duration_ms: cycle.start.elapsed().as_millis() as u64,
+            trigger: cycle.trigger.as_str().to_string(),
+            revision: cycle.revision.as_ref().map(|r| r.commit.clone()),
+            subject: cycle.revision.as_ref().map(|r| r.summary.clone()),
+            author: cycle
+                .revision
+                .as_ref()
+                .map(|r| r.author.clone())
+                .filter(|a| !a.is_empty()),
+            result: outcome,
+            stage: failure.map(|(f, _)| f.stage.as_str().to_string()),
+            reason: failure.map(|(f, _)| f.reason.as_str().to_string()),
+            message: failure.map(|(f, _)| f.message.clone()),
+            charts: cycle.charts.clone(),
+            drift_corrections: cycle.drift_corrections,
+        };
+        if let Some(h) = &self.history
+            && h.try_send(entry.clone()).is_err()
+        {
+            tracing::warn!("history writer busy: this reconcile is not recorded");
+        }
+        let calls: Vec<ManualReconcile> = std::mem::take(
+            &mut *self
+                .controls
+                .manual
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for call in calls {
+            call.finish(&entry);
+        }
+        self.status
+            .update(|st| st.latest_history = Some(entry.clone()));
+        self.notify(&entry, failure.map(|(f, _)| f));
+    }
+
+    /// The notification of a finished reconcile: its result, a drift correction, a refused prune.
+    fn notify(&self, entry: &history::Entry, failure: Option<&Failure>) {
+        if !self.notifier.enabled() {
+            return;
+        }
+        let now = crate::clock::unix_now();
+        let changed: u32 = entry
+            .charts
+            .values()
+            .map(|c| c.created + c.configured + c.deleted)
+            .sum();
+        let event = match (entry.result, failure) {
+            (Outcome::Failure, Some(f)) => {
+                let kind = if f.reason == Reason::PruneBlocked {
+                    EventKind::PruneBlocked
+                } else {
+                    EventKind::ReconcileFailed
+                };
+                Event::new(kind, now, &f.message)
+                    .stage(f.stage.as_str())
+                    .reason(f.reason.as_str())
+                    .charts(f.charts.clone())
+            }
+            (Outcome::Success, _) if entry.drift_corrections > 0 => Event::new(
+                EventKind::DriftCorrected,
+                now,
+                format!("{} drifted object(s) put back", entry.drift_corrections),
+            )
+            .charts(entry.charts.keys().cloned()),
+            (Outcome::Success, _) => Event::new(
+                EventKind::ReconcileSucceeded,
+                now,
+                format!("applied: {changed} object(s) changed"),
+            )
+            .charts(
+                entry
+                    .charts
+                    .iter()
+                    .filter(|(_, c)| c.created + c.configured + c.deleted > 0)
+                    .map(|(n, _)| n.clone()),
+            ),
+            _ => return,
+        };
+        let event = match (&entry.revision, &entry.subject) {
+            (Some(r), Some(s)) => event.revision(r).subject(s),
+            (Some(r), None) => event.revision(r),
+            _ => event,
+        };
+        self.notifier.notify(event);
     }
 
     fn persist(&self, mem: &mut Memory) {
@@ -1586,6 +1793,9 @@ mod tests {
             state_dir: None,
             heartbeat: Arc::default(),
             on_first_reconcile: std::sync::Mutex::new(None),
+            controls: Controls::default(),
+            notifier: Notifier::disabled(),
+            history: None,
         };
         let task = tokio::spawn(r.run(trx, srx));
         Harness {

@@ -53,7 +53,7 @@ impl Phase {
 }
 
 /// How a reconcile ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Outcome {
     Success,
@@ -200,19 +200,10 @@ pub struct SourceStatus {
 #[serde(default, rename_all = "camelCase")]
 pub struct BootstrapStatus {
     pub complete: bool,
-    /// What is missing or failed (a mirror that was unreachable, no record at all…), one line each.
+    /// What is missing (no record at all, a step that failed), one line each: `<step>: <detail>`.
     pub missing: Vec<String>,
-}
-
-/// A suspension of applying and correcting (`pailot suspend`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct SuspendStatus {
-    pub reason: Option<String>,
-    /// Unix time it began.
-    pub since: f64,
-    /// Unix time it ends by itself (`--for`), if any.
-    pub until: Option<f64>,
+    /// What bootstrap warned about without failing (an unreachable registry mirror).
+    pub warnings: Vec<String>,
 }
 
 /// The whole `/status` document.
@@ -246,7 +237,10 @@ pub struct Status {
     pub errors: Vec<StatusError>,
     pub source: Option<SourceStatus>,
     pub bootstrap: Option<BootstrapStatus>,
-    pub suspended: Option<SuspendStatus>,
+    /// The suspension in force (`pailot suspend`), if any.
+    pub suspended: Option<crate::suspension::Suspension>,
+    /// The latest entry of the reconcile history (`pailot history` has the others).
+    pub latest_history: Option<crate::history::Entry>,
     /// The latest failure to write the state directory, if it still fails.
     pub state_error: Option<String>,
 }

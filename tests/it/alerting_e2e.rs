@@ -683,7 +683,7 @@ async fn drift_and_broken_commits_fire_pailot_alerts_in_a_real_prometheus() {
 }
 
 /// Thresholds of the every-alert test: each `for` a few seconds, so each cause shows within seconds.
-const ALL_ALERT_VALUES: &str = "prometheus: {pailot: {alerts: {driftMode: correct, interval: 3, staleFactor: 5, failingFor: 3s, corrections: 3, correctionsWindow: 20s, sourceUnreachableFor: 4s, pendingFor: 2s, bootstrapIncompleteFor: 2s, pruneBlockedWindow: 8s, downFor: 3s}}}";
+const ALL_ALERT_VALUES: &str = "prometheus: {pailot: {alerts: {driftMode: correct, interval: 3, staleFactor: 5, failingFor: 3s, corrections: 3, correctionsWindow: 20s, sourceUnreachableFor: 4s, pendingFor: 2s, bootstrapIncompleteFor: 2s, certificateExpiryDays: 400, pruneBlockedWindow: 8s, suspendedFor: 3s, downFor: 3s}}}";
 
 /// The daemon of the every-alert test: a polled `file://` remote, correct mode, a small mass-prune
 /// threshold, and no `--no-bootstrap` (the bootstrap record decides).
@@ -781,15 +781,31 @@ async fn every_shipped_alert_fires_from_its_real_cause_and_resolves_after_the_fi
         ],
     );
     let state = tmp.path().join("state");
+    // A control-plane PKI as bootstrap writes it (valid a year: inside a 400-day expiry window).
+    let host = tmp.path().join("host");
+    let boot = Command::new(pailot_bin())
+        .args(["bootstrap", "--skip-api", "--force", "--repo"])
+        .arg(&repo)
+        .args(["-c", "clusters/test.yaml", "--root"])
+        .arg(&host)
+        .output()
+        .unwrap();
+    assert!(
+        boot.status.success(),
+        "bootstrap: {}",
+        String::from_utf8_lossy(&boot.stderr)
+    );
+    let (hooks, received) = crate::controls::recorder();
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let cfg = tmp.path().join("pailot.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "apiVersion: pailot.dev/v1\nkind: DaemonConfig\nsource:\n  url: file://{}\n  cluster: clusters/test.yaml\n  pollInterval: 1s\n  pollJitter: 0\nkubeconfig: {}\nreconcile:\n  wait: false\n  driftInterval: 2s\n  massPruneThreshold: 3\nserver:\n  listen: \"{listen}\"\nstateDir: {}\n",
+            "apiVersion: pailot.dev/v1\nkind: DaemonConfig\nsource:\n  url: file://{}\n  cluster: clusters/test.yaml\n  pollInterval: 1s\n  pollJitter: 0\nkubeconfig: {}\nreconcile:\n  wait: false\n  driftInterval: 2s\n  massPruneThreshold: 3\nserver:\n  listen: \"{listen}\"\nstateDir: {}\nhostRoot: {}\nnotifications:\n  dedupWindow: 1s\n  sinks: [{{type: webhook, url: \"http://{hooks}/hook\"}}]\n",
             remote.display(),
             ns.kubeconfig.display(),
-            state.display()
+            state.display(),
+            host.display()
         ),
     )
     .unwrap();
@@ -1011,14 +1027,94 @@ async fn every_shipped_alert_fires_from_its_real_cause_and_resolves_after_the_fi
     let mut daemon = start_daemon(&cfg, tmp.path().join("daemon-2.log"));
     resolves(p, "PailotDown", &[], long, &mut [&mut daemon, &mut prom]).await;
 
-    // Nothing else is left firing.
+    // 7. Certificates bootstrap wrote, inside the (400-day) expiry window.
+    let a = fires(
+        p,
+        "PailotCertificateExpiring",
+        &[("cert", "apiserver")],
+        long,
+        &mut [&mut daemon, &mut prom],
+    )
+    .await;
+    assert!(
+        a["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("--renew-certs"),
+        "{a}"
+    );
+
+    // 8. A suspension held too long; then resumed.
+    let suspend = Command::new(pailot_bin())
+        .args(["suspend", "--reason", "maintenance", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(
+        suspend.status.success(),
+        "{}",
+        String::from_utf8_lossy(&suspend.stderr)
+    );
+    fires(
+        p,
+        "PailotSuspended",
+        &[],
+        long,
+        &mut [&mut daemon, &mut prom],
+    )
+    .await;
+    let resume = Command::new(pailot_bin())
+        .args(["resume", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(resume.status.success());
+    resolves(
+        p,
+        "PailotSuspended",
+        &[],
+        long,
+        &mut [&mut daemon, &mut prom],
+    )
+    .await;
+
+    // 9. The notifications that went out are counted, as the local receiver saw them.
+    let sent = received.lock().unwrap().len();
+    assert!(sent >= 3, "reconcile results posted: {sent}");
+    let (r, _) = poll(
+        long,
+        "pailot_notifications_total in Prometheus",
+        &mut [&mut daemon, &mut prom],
+        || async {
+            let r = query(
+                p,
+                "pailot_notifications_total{sink=\"webhook\",result=\"sent\"}",
+            )
+            .await?;
+            let n: f64 = r
+                .first()
+                .and_then(|s| s["value"][1].as_str()?.parse().ok())
+                .unwrap_or(0.0);
+            if n >= 1.0 {
+                Ok(n)
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    )
+    .await;
+    eprintln!("notifications sent (Prometheus): {r}");
+
+    // Nothing else is left firing (the certificates stay inside the 400-day window by design).
     let (_, body) = http_get(p, "/api/v1/alerts").await.unwrap();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let firing: Vec<&serde_json::Value> = v["data"]["alerts"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|a| a["state"] == "firing")
+        .filter(|a| {
+            a["state"] == "firing" && a["labels"]["alertname"] != "PailotCertificateExpiring"
+        })
         .collect();
     assert!(firing.is_empty(), "{firing:?}");
     drop(prom);

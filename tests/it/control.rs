@@ -28,9 +28,9 @@ fn entry(result: Outcome) -> Entry {
         subject: Some("tune zookeeper".into()),
         author: Some("Ops <ops@example.com>".into()),
         result,
-        stage: (result == Outcome::Failed).then(|| "apply".into()),
-        reason: (result == Outcome::Failed).then(|| "rejected".into()),
-        message: (result == Outcome::Failed)
+        stage: (result == Outcome::Failure).then(|| "apply".into()),
+        reason: (result == Outcome::Failure).then(|| "rejected".into()),
+        message: (result == Outcome::Failure)
             .then(|| "Deployment/default/zookeeper: spec.replicas: Invalid value".into()),
         charts: BTreeMap::from([(
             "zookeeper".to_string(),
@@ -108,7 +108,7 @@ impl Running {
         let daemon = Arc::new(Daemon {
             state_dir: state_dir.to_path_buf(),
             requests: Mutex::new(Vec::new()),
-            next_result: Mutex::new(Outcome::Succeeded),
+            next_result: Mutex::new(Outcome::Success),
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(control::serve(listener, daemon.clone(), async {
@@ -209,7 +209,7 @@ async fn suspend_reconcile_resume_through_the_socket() {
         r.stdout
     );
     assert!(r.stdout.contains("zookeeper  1 configured"), "{}", r.stdout);
-    *d.daemon.next_result.lock().unwrap() = Outcome::Failed;
+    *d.daemon.next_result.lock().unwrap() = Outcome::Failure;
     let r = pailot(&["reconcile", "--wait", "--state-dir", dir]).await;
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
@@ -223,7 +223,7 @@ async fn suspend_reconcile_resume_through_the_socket() {
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(
         (v["result"].as_str(), v["reason"].as_str()),
-        (Some("failed"), Some("rejected"))
+        (Some("failure"), Some("rejected"))
     );
 
     // A bad duration is a usage error, caught before the daemon hears of it.
@@ -264,8 +264,8 @@ async fn without_a_daemon_commands_fail_clearly_and_history_reads_the_file() {
     );
 
     let (mut h, _) = history::History::open(tmp.path(), 100).unwrap();
-    h.append(&entry(Outcome::Succeeded)).unwrap();
-    let mut other = entry(Outcome::Failed);
+    h.append(&entry(Outcome::Success)).unwrap();
+    let mut other = entry(Outcome::Failure);
     other.charts = BTreeMap::from([("grafana".to_string(), ActionCounts::default())]);
     h.append(&other).unwrap();
     // A line a crash or a disk error mangled: skipped with a warning, the rest still shown.
@@ -280,13 +280,13 @@ async fn without_a_daemon_commands_fail_clearly_and_history_reads_the_file() {
     assert_eq!(lines.len(), 3, "{}", r.stdout);
     assert!(
         lines[1].contains("manual")
-            && lines[1].contains("succeeded")
+            && lines[1].contains("success")
             && lines[1].contains("1 configured"),
         "{}",
         r.stdout
     );
     assert!(
-        lines[2].contains("failed") && lines[2].contains("apply/rejected"),
+        lines[2].contains("failure") && lines[2].contains("apply/rejected"),
         "{}",
         r.stdout
     );

@@ -8,6 +8,7 @@ mod chart;
 mod cluster_smoke;
 mod completions;
 mod control;
+mod controls;
 mod daemon;
 mod daemon_limits;
 mod daemon_notify;

@@ -63,7 +63,7 @@ fn busy_metrics() -> Arc<Metrics> {
     m.inc_prune_blocked(PruneBlockedReason::MassPruneThreshold);
     m.set_bootstrap(&BootstrapStatus {
         complete: true,
-        missing: vec![],
+        ..Default::default()
     });
     m.inc_rollbacks();
     m.set_leader(true);
