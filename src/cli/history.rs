@@ -154,9 +154,9 @@ mod tests {
         assert!(lines[0].starts_with("STARTED"), "{t}");
         assert!(lines[1].contains("2027-01-15 08:00:00 UTC  4s"), "{t}");
         assert!(
-            lines[1].contains("1a2b3c4d5e6f  succeeded  1 configured"),
+            lines[1].contains("1a2b3c4d5e6f  success  1 configured"),
             "{t}"
         );
-        assert!(lines[2].contains("failed     render/invalid_input"), "{t}");
+        assert!(lines[2].contains("failure  render/invalid_input"), "{t}");
     }
 }
