@@ -15,6 +15,7 @@ pub mod cli;
 pub mod cluster;
 pub mod diag;
 pub mod manifest;
+pub mod mask;
 pub mod provenance;
 pub mod quantity;
 
@@ -35,4 +36,5 @@ pub mod preflight;
 pub mod render;
 pub mod schema;
 pub mod server;
+pub mod sops;
 pub mod systemd;
