@@ -42,6 +42,7 @@ pub fn sample_cluster() -> Cluster {
             ssh: None,
         }],
         values: Default::default(),
+        values_files: Vec::new(),
     }
 }
 

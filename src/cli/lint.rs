@@ -86,12 +86,18 @@ pub fn lint(root: &Path, req: &RenderRequest) -> LintReport {
             cluster_file: rel.clone().into(),
             overlays: None,
             revision: None,
+            age_keys: req.age_keys.clone(),
         };
         if let Err(e) = render(&creq) {
             r.problems.push(e);
         }
         if let Ok(c) = crate::render::load_cluster(&root.join(&rel), &rel)
-            && let Ok(list) = overlay::resolve(root, &c.overlays, &rel)
+            && let Ok(list) = overlay::resolve_with(
+                root,
+                &c.overlays,
+                &rel,
+                &crate::sops::Keyring::new(req.age_keys.clone()),
+            )
         {
             used.extend(list.into_iter().map(|o| o.name));
         }

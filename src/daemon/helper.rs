@@ -186,6 +186,9 @@ pub struct WireRender {
     cluster_file: PathBuf,
     overlays: Option<Vec<String>>,
     revision: Option<String>,
+    /// The age identity file (only its path travels; the helper reads it).
+    #[serde(default)]
+    age_key_file: Option<PathBuf>,
 }
 
 impl From<&RenderRequest> for WireRender {
@@ -195,6 +198,10 @@ impl From<&RenderRequest> for WireRender {
             cluster_file: r.cluster_file.clone(),
             overlays: r.overlays.clone(),
             revision: r.revision.clone(),
+            age_key_file: match &r.age_keys {
+                crate::sops::AgeKeys::File(p) => Some(p.clone()),
+                _ => None,
+            },
         }
     }
 }
@@ -206,6 +213,9 @@ impl From<WireRender> for RenderRequest {
             cluster_file: w.cluster_file,
             overlays: w.overlays,
             revision: w.revision,
+            age_keys: w
+                .age_key_file
+                .map_or(crate::sops::AgeKeys::None, crate::sops::AgeKeys::File),
         }
     }
 }

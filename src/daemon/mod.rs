@@ -697,15 +697,20 @@ impl RecentRenders {
 
 impl Renderer for RepoRenderer {
     async fn render(&self, revision: &Revision) -> Result<Desired, StageError> {
-        let (cluster_file, overlays) = {
+        let (cluster_file, overlays, age_keys) = {
             let c = self.config.borrow();
-            (PathBuf::from(&c.source.cluster), c.source.overlays.clone())
+            (
+                PathBuf::from(&c.source.cluster),
+                c.source.overlays.clone(),
+                c.decryption.age_keys(),
+            )
         };
         let req = crate::render::RenderRequest {
             repo_root: revision.root.clone(),
             cluster_file,
             overlays,
             revision: Some(revision.commit.clone()),
+            age_keys,
         };
         self.renders.remember(req.clone());
         match helper::render(&req).await {

@@ -189,6 +189,7 @@ fn values_provenance_names_the_layer_that_set_the_key() {
         file: "overlays/small/overlay.yaml".into(),
         key_prefix: "values.files-and-filters".into(),
         values: json!({"memory": "256Mi"}),
+        secret: Default::default(),
     };
     let (merged, docs) = render_with(&c, vec![overlay]);
     validate_values(&c, &merged).unwrap();
@@ -229,6 +230,7 @@ fn final_values_violating_the_schema_name_layer_pointer_and_chart() {
         file: "clusters/lab.yaml".into(),
         key_prefix: "values.files-and-filters".into(),
         values: json!({"config": {"port": 0}}),
+        secret: Default::default(),
     };
     let merged = merge_values(&[c.default_layer(), bad]);
     let err = validate_values(&c, &merged).unwrap_err();
@@ -247,6 +249,7 @@ fn final_values_violating_the_schema_name_layer_pointer_and_chart() {
         file: "overlays/o/overlay.yaml".into(),
         key_prefix: String::new(),
         values: json!({"memory": null}),
+        secret: Default::default(),
     };
     let merged = merge_values(&[c.default_layer(), del]);
     let err = validate_values(&c, &merged).unwrap_err();
@@ -449,7 +452,7 @@ proptest! {
     #[test]
     fn merging_never_panics_and_later_scalars_win(a in arb_json(), b in arb_json(), c in arb_json()) {
         let layers: Vec<ValueLayer> = [a, b, c.clone()].into_iter().enumerate()
-            .map(|(i, v)| ValueLayer { file: format!("l{i}"), key_prefix: String::new(), values: v }).collect();
+            .map(|(i, v)| ValueLayer { file: format!("l{i}"), key_prefix: String::new(), values: v, secret: Default::default() }).collect();
         let m = merge_values(&layers);
         if let (Value::Object(last), Value::Object(_)) = (&c, &m.values) {
             for (k, v) in last {
@@ -532,6 +535,7 @@ fn schema_error_points_at_the_line_in_the_layer_file() {
         file: "overlays/o/overlay.yaml".into(),
         key_prefix: "values.app".into(),
         values: json!({"config": {"port": -5}}),
+        secret: Default::default(),
     };
     let merged = merge_values(&[c.default_layer(), layer]);
     let err = validate_values(&c, &merged).unwrap_err();
