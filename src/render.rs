@@ -240,6 +240,58 @@ impl Inputs {
     }
 }
 
+impl Inputs {
+    /// Which decrypted values each field of object `id` (as chart `chart` renders it, before
+    /// patches) depends on: pointer -> `(values file, dotted key)`. One render per decrypted value
+    /// of the chart, each with only that value replaced by its placeholder (for `explain`).
+    pub fn secret_value_origins(
+        &self,
+        chart: &Chart,
+        id: &ObjectId,
+        ctx: &RenderContext,
+    ) -> BTreeMap<String, BTreeSet<(String, String)>> {
+        let mut out: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+        let merged = chart::merge_values(&self.value_layers(chart));
+        let ctx = RenderContext {
+            record_origins: false,
+            ..ctx.clone()
+        };
+        let find = |docs: Vec<chart::RenderedDoc>| {
+            docs.into_iter()
+                .map(|d| d.object)
+                .find(|o| ObjectId::of(o).as_ref() == Ok(id))
+        };
+        let Some(real) = chart::render_chart(chart, &merged, &ctx)
+            .ok()
+            .and_then(find)
+        else {
+            return out;
+        };
+        for s in &merged.secret {
+            let one = std::collections::BTreeSet::from([s.clone()]);
+            let perturbed = MergedValues {
+                values: crate::mask::substitute(&merged.values, &one),
+                origin: Default::default(),
+                secret: one,
+            };
+            let Some(obj) = chart::render_chart(chart, &perturbed, &ctx)
+                .ok()
+                .and_then(find)
+            else {
+                continue;
+            };
+            let origin = (
+                merged.origin_of(s).unwrap_or_default().to_string(),
+                chart::render::pointer_to_dotted(s),
+            );
+            for p in crate::mask::differences(&real, &obj) {
+                out.entry(p).or_default().insert(origin.clone());
+            }
+        }
+        out
+    }
+}
+
 /// Fields that make an object's identity (they appear in messages, object lists and metrics).
 fn is_identity_field(p: &str) -> bool {
     matches!(

@@ -401,7 +401,7 @@ fn same_value(leaf: &Value, v: &Value) -> bool {
     leaf == v || (scalar_key(leaf).is_some() && scalar_key(leaf) == scalar_key(v))
 }
 
-fn pointer_to_dotted(p: &str) -> String {
+pub(crate) fn pointer_to_dotted(p: &str) -> String {
     p.trim_start_matches('/')
         .split('/')
         .map(|s| s.replace("~1", "/").replace("~0", "~"))

@@ -79,7 +79,11 @@ pub fn lint(root: &Path, req: &RenderRequest) -> LintReport {
     }
     // Every cluster file renders; collect the overlays they use.
     let mut used = BTreeSet::new();
-    for f in names_in(&root.join("clusters"), false, Some(".yaml")) {
+    // `*.sops.yaml` beside the cluster files are their encrypted values files, not clusters.
+    for f in names_in(&root.join("clusters"), false, Some(".yaml"))
+        .into_iter()
+        .filter(|f| !crate::sops::sops_named(f))
+    {
         let rel = format!("clusters/{f}");
         let creq = RenderRequest {
             repo_root: root.to_path_buf(),

@@ -570,6 +570,8 @@ pub fn resolve_with(
     Ok(out)
 }
 
+// The depth-first walk carries its state (stack, done, out) through the recursion.
+#[allow(clippy::too_many_arguments)]
 fn visit(
     repo_root: &Path,
     name: &str,

@@ -157,7 +157,7 @@ pub fn format_g_yaml(f: f64) -> String {
     let mut out = String::from(sign(f));
     let exp = dp - 1;
     // Go: for the shortest representation, %e is used when exp < -4 || exp >= 6 (eprec = 6).
-    if !d.is_empty() && (exp < -4 || exp >= 6) {
+    if !d.is_empty() && !(-4..6).contains(&exp) {
         fmt_e(&mut out, &d, dp, d.len() as i32 - 1, 2);
     } else {
         fmt_f(&mut out, &d, dp, (d.len() as i32 - dp).max(0));

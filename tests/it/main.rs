@@ -23,6 +23,7 @@ mod prune;
 mod reconcile;
 mod render;
 mod schema;
+mod secrets;
 mod server;
 mod source;
 mod systemd;
