@@ -339,6 +339,13 @@ fn data_key(meta: &Metadata, keyring: &Keyring) -> Result<Vec<u8>, Error> {
         });
     }
     let identities = keyring.identities().map_err(Error::Identities)?;
+    if identities.is_empty() {
+        return Err(Error::Identities(format!(
+            "{} holds no age identity, and this file is encrypted for {}",
+            keyring.keys().describe(),
+            recipients(meta)
+        )));
+    }
     for (_, enc) in &meta.age {
         let reader = age::armor::ArmoredReader::new(enc.as_bytes());
         let Ok(decryptor) = age::Decryptor::new(reader) else {

@@ -804,5 +804,295 @@ proptest! {
     }
 }
 
-#[allow(dead_code)]
-const DAEMON_WAIT: Duration = Duration::from_secs(120);
+/// Every file under `dir`, as text (lossy).
+fn files_text(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_text(&p));
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            out.push((p, String::from_utf8_lossy(&bytes).into_owned()));
+        }
+    }
+    out
+}
+
+/// The value of `data.<key>` of Secret `name`, decoded.
+async fn secret_data(ns: &crate::kube::TestNamespace, name: &str, key: &str) -> Option<String> {
+    let s: k8s_openapi::api::core::v1::Secret = ns.api().get_opt(name).await.ok()??;
+    // The client has decoded the base64 already.
+    String::from_utf8(s.data?.get(key)?.0.clone()).ok()
+}
+
+/// The daemon (a real process, rendering in its helper) applies a Secret written by sops and a
+/// Secret rendered from an encrypted values file to the local control plane, puts a Secret edited
+/// by someone else back, and follows a key rotation with only the new identity — and the planted
+/// values never appear in its log, `/status`, `/metrics`, `pailot status`, `pailot render`, or
+/// any file of its state directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_applies_encrypted_secrets_corrects_drift_and_follows_a_rotation_without_printing_them()
+ {
+    use kube::api::{Patch, PatchParams};
+    let Some(t) = tools() else { return };
+    let Some(ns) = crate::kube::TestNamespace::new("sops-daemon").await else {
+        return;
+    };
+    let unique = ns.name.rsplit('-').next().unwrap_or("x").to_string();
+    let db_password = format!("db-hunter2-{unique}");
+    let token = format!("token-hunter2-{unique}");
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let old = keygen(t, &dir.path().join("old.txt"));
+    let new = keygen(t, &dir.path().join("new.txt"));
+    // The daemon's key file: private to its user, as the config check requires.
+    let key_file = dir.path().join("age-key.txt");
+    std::fs::copy(&old.file, &key_file).unwrap();
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+
+    let repo = crate::source::TempRepo::new();
+    repo.write(
+        "charts/app/Chart.yaml",
+        "apiVersion: pailot.dev/v1\nname: app\nversion: 0.1.0\n",
+    );
+    repo.write("charts/app/values.yaml", "token: unset\n");
+    repo.write(
+        "charts/app/templates/app-secret.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: app\ntype: Opaque\ndata:\n  token: {{ values.token | b64encode }}\n",
+    );
+    repo.write(
+        "charts/app/templates/db.sops.yaml",
+        &format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ntype: Opaque\ndata:\n  password: {}\n", b64(&db_password)),
+    );
+    repo.write(
+        "clusters/secrets.sops.yaml",
+        &format!("app:\n  token: {token}\n"),
+    );
+    repo.write(
+        "overlays/all/overlay.yaml",
+        "apiVersion: pailot.dev/v1\nkind: Overlay\ncharts: {include: [\"*\"]}\n",
+    );
+    repo.write(
+        "clusters/test.yaml",
+        &format!("apiVersion: pailot.dev/v1\nkind: Cluster\nname: {0}\nnamespace: {0}\noverlays: [all]\nmachines:\n  - name: node-1\n    address: 10.0.0.1\n    roles: [k8s-master, pai-master, pai-worker]\n    capacity: {{memory: 16Gi, cpu: \"4\"}}\nvaluesFiles: [clusters/secrets.sops.yaml]\n", ns.name),
+    );
+    encrypt(
+        t,
+        repo.path(),
+        "charts/app/templates/db.sops.yaml",
+        &[&old],
+        &["--encrypted-regex", "^(data|stringData)$"],
+    );
+    encrypt(t, repo.path(), "clusters/secrets.sops.yaml", &[&old], &[]);
+    let head = repo.commit("app: two Secrets from sops files");
+
+    let port = crate::alerting_e2e::free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cfg = crate::daemon::write_config(
+        dir.path(),
+        repo.path(),
+        Some(&ns.kubeconfig),
+        &format!(
+            "reconcile:\n  wait: false\n  driftInterval: 5s\nserver:\n  listen: {addr}\ndecryption:\n  ageKeyFile: {}\n",
+            key_file.display()
+        ),
+    );
+    let mut d = crate::daemon::DaemonProcess::start(&cfg, addr, dir.path().join("daemon.log"));
+    let limit = Duration::from_secs(120);
+    d.wait_status(limit, "the first revision applied", |s| {
+        s["revision"] == head.as_str() && s["lastReconcile"]["result"] == "success"
+    })
+    .await;
+    assert_eq!(
+        secret_data(&ns, "db", "password").await.as_deref(),
+        Some(db_password.as_str())
+    );
+    assert_eq!(
+        secret_data(&ns, "app", "token").await.as_deref(),
+        Some(token.as_str())
+    );
+
+    // Someone else edits the Secret: the daemon puts the committed value back.
+    let drifted = serde_json::json!({"data": {"password": b64("drifted-by-hand")}});
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> = ns.api();
+    api.patch("db", &PatchParams::apply("tamperer").force(), &Patch::Apply(&serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"}, "data": drifted["data"]
+    })))
+    .await
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        if secret_data(&ns, "db", "password").await.as_deref() == Some(db_password.as_str()) {
+            break;
+        }
+        d.assert_running();
+        assert!(
+            t0.elapsed() < limit,
+            "the drifted Secret was not corrected\n{}",
+            d.tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "drift on the encrypted Secret corrected in {:?}",
+        t0.elapsed()
+    );
+
+    // Rotation: the files are re-encrypted to the new key only, and the daemon gets the new key.
+    for f in [
+        "charts/app/templates/db.sops.yaml",
+        "clusters/secrets.sops.yaml",
+    ] {
+        sops(
+            t,
+            repo.path(),
+            Some(&old.file),
+            &[
+                "rotate",
+                "-i",
+                "--add-age",
+                &new.recipient,
+                "--rm-age",
+                &old.recipient,
+                f,
+            ],
+        );
+    }
+    std::fs::write(&key_file, std::fs::read(&new.file).unwrap()).unwrap();
+    let rotated = repo.commit("rotate the age key");
+    d.wait_status(
+        limit,
+        "the rotated revision applied with the new key only",
+        |s| s["revision"] == rotated.as_str() && s["lastReconcile"]["result"] == "success",
+    )
+    .await;
+    assert_eq!(
+        secret_data(&ns, "db", "password").await.as_deref(),
+        Some(db_password.as_str())
+    );
+
+    // Every channel the daemon and the commands write to.
+    let status = d.get("/status").await.unwrap().1;
+    let metrics = d.metrics().await;
+    let status_cmd = pailot_with(
+        repo.path(),
+        None,
+        &["status", "--url", &format!("http://{addr}"), "-o", "json"],
+    );
+    assert_eq!(status_cmd.code, 0, "{}", status_cmd.stderr);
+    let render = pailot_with(
+        repo.path(),
+        Some(&new.file),
+        &["render", "-c", "clusters/test.yaml"],
+    );
+    assert_eq!(render.code, 0, "{}", render.stderr);
+    d.signal_and_wait("TERM", Duration::from_secs(30)).await;
+    let log = d.log();
+    let mut channels: Vec<(String, String)> = vec![
+        ("daemon log".into(), log.clone()),
+        ("/status".into(), status),
+        ("/metrics".into(), metrics),
+        (
+            "pailot status".into(),
+            format!("{}{}", status_cmd.stdout, status_cmd.stderr),
+        ),
+        (
+            "pailot render".into(),
+            format!("{}{}", render.stdout, render.stderr),
+        ),
+    ];
+    for (p, text) in files_text(&dir.path().join("state")) {
+        channels.push((p.display().to_string(), text));
+    }
+    assert!(channels.len() > 5, "the state directory is empty");
+    for secret in [
+        db_password.clone(),
+        token.clone(),
+        b64(&db_password),
+        b64(&token),
+    ] {
+        for (what, text) in &channels {
+            assert!(!text.contains(&secret), "{what} shows {secret:?}");
+        }
+    }
+    assert!(
+        log.contains("drift"),
+        "the drift correction is logged\n{log}"
+    );
+}
+
+/// A new repository: `pailot init --sops-age-recipient` writes a `.sops.yaml` the real `sops`
+/// follows; the secrets file it encrypts renders once the cluster file lists it.
+#[test]
+fn init_writes_a_sops_config_that_sops_follows() {
+    let Some(t) = tools() else { return };
+    let repo = TempTree::new();
+    let key = keygen(t, &repo.path().join("key.txt"));
+    repo.write(
+        "quick-start.yaml",
+        "machines:\n  - 192.168.10.5\nssh-username: pai\nssh-port: 22\ndns: 192.168.10.1\n",
+    );
+    let run = pailot_with(
+        repo.path(),
+        None,
+        &[
+            "init",
+            "--from",
+            "quick-start.yaml",
+            "-o",
+            "clusters/lab.yaml",
+            "--sops-age-recipient",
+            &key.recipient,
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let config = std::fs::read_to_string(repo.path().join(".sops.yaml")).unwrap();
+    assert!(config.contains(&key.recipient), "{config}");
+    // sops finds .sops.yaml and encrypts to the recipient without --age.
+    repo.write(
+        "clusters/lab.secrets.sops.yaml",
+        "dump:\n  password: init-hunter2\n",
+    );
+    sops(
+        t,
+        repo.path(),
+        None,
+        &["encrypt", "-i", "clusters/lab.secrets.sops.yaml"],
+    );
+    let enc = std::fs::read_to_string(repo.path().join("clusters/lab.secrets.sops.yaml")).unwrap();
+    assert!(
+        enc.contains(&key.recipient) && !enc.contains("init-hunter2"),
+        "{enc}"
+    );
+    let plain = sops_decrypt(t, repo.path(), "clusters/lab.secrets.sops.yaml", &key);
+    assert!(plain.contains("init-hunter2"));
+
+    let bad = pailot_with(
+        repo.path(),
+        None,
+        &[
+            "init",
+            "--from",
+            "quick-start.yaml",
+            "--sops-age-recipient",
+            "age1notakey",
+        ],
+    );
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("not an age public key"),
+        "{}",
+        bad.stderr
+    );
+}
