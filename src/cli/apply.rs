@@ -172,12 +172,14 @@ fn diff_inner(args: DiffArgs) -> anyhow::Result<ExitCode> {
         },
         ..Default::default()
     };
-    let report = runtime()?.block_on(async {
+    let mut report = runtime()?.block_on(async {
         let server = connect(args.cluster.kubeconfig.as_deref()).await?;
         apply::apply(&server, &set, &inv, &config, &Progress::quiet())
             .await
             .map_err(classify)
     })?;
+    // Fields computed from decrypted values (Secret data is masked by the diff itself).
+    crate::mask::mask_report(&mut report, &set.provenance.secrets);
     if args.output == ReportFormat::Json {
         write_out(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {

@@ -1096,3 +1096,73 @@ fn init_writes_a_sops_config_that_sops_follows() {
         bad.stderr
     );
 }
+
+/// `pailot diff` after a secret changed: the field computed from it (here in a ConfigMap, not a
+/// Secret) shows as changed, with both values masked; `pailot apply` prints no value either.
+#[test]
+fn diff_masks_fields_computed_from_decrypted_values() {
+    let Some(t) = tools() else { return };
+    let cluster = crate::apply::need_cluster!();
+    let ns = cluster.namespace("sops-diff");
+    let enc = "clusters/secrets.sops.yaml";
+    let repo = TempTree::new();
+    repo.write(
+        "charts/app/Chart.yaml",
+        "apiVersion: pailot.dev/v1\nname: app\nversion: 0.1.0\n",
+    );
+    repo.write(
+        "charts/app/templates/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  url: \"https://app:{{ values.password }}@db.example.invalid\"\n  plain: one\n",
+    );
+    repo.write(
+        "overlays/all/overlay.yaml",
+        "apiVersion: pailot.dev/v1\nkind: Overlay\ncharts: {include: [\"*\"]}\n",
+    );
+    repo.write(
+        "clusters/test.yaml",
+        &format!("apiVersion: pailot.dev/v1\nkind: Cluster\nname: {0}\nnamespace: {0}\noverlays: [all]\nmachines:\n  - name: node-1\n    address: 127.0.0.1\n    roles: [k8s-master, pai-master, pai-worker]\n    capacity: {{memory: 32Gi, cpu: \"8\", gpu: 0}}\nvaluesFiles: [{enc}]\n", ns.name),
+    );
+    let key = keygen(t, &repo.path().join("key.txt"));
+    let write_secret = |password: &str| {
+        repo.write(enc, &format!("app:\n  password: {password}\n"));
+        encrypt(t, repo.path(), enc, &[&key], &[]);
+    };
+    let run = |cmd: &str, extra: &[&str]| {
+        let kc = cluster.kubeconfig.to_str().unwrap().to_string();
+        let mut args = vec![
+            cmd,
+            "-c",
+            "clusters/test.yaml",
+            "--kubeconfig",
+            &kc,
+            "--inventory-namespace",
+            &ns.name,
+        ];
+        args.extend_from_slice(extra);
+        pailot_with(repo.path(), Some(&key.file), &args)
+    };
+    write_secret("first-hunter2");
+    let applied = run("apply", &[]);
+    assert_eq!(applied.code, 0, "{}", applied.stderr);
+    assert_never_shown(&applied, "first-hunter2", "apply");
+    let cm = cluster.get(&ns.name, "configmap/app").unwrap();
+    assert_eq!(
+        cm["data"]["url"],
+        "https://app:first-hunter2@db.example.invalid"
+    );
+
+    write_secret("second-hunter2");
+    for output in ["table", "json"] {
+        let diff = run("diff", &["-o", output]);
+        assert_eq!(diff.code, 1, "{}\n{}", diff.stdout, diff.stderr);
+        assert!(diff.stdout.contains("/data/url"), "{}", diff.stdout);
+        assert!(
+            diff.stdout.contains("*** (secret value hidden)"),
+            "{}",
+            diff.stdout
+        );
+        for s in ["first-hunter2", "second-hunter2"] {
+            assert_never_shown(&diff, s, "diff");
+        }
+    }
+}
