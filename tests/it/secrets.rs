@@ -60,11 +60,16 @@ struct Key {
 }
 
 fn keygen(t: &Tools, file: &Path) -> Key {
-    let out = Command::new(&t.age_keygen)
-        .arg("-o")
-        .arg(file)
-        .output()
-        .expect("run age-keygen");
+    keygen_kind(t, file, false)
+}
+
+/// `age-keygen` (X25519), or `age-keygen -pq` (post-quantum hybrid) with `pq`.
+fn keygen_kind(t: &Tools, file: &Path, pq: bool) -> Key {
+    let mut cmd = Command::new(&t.age_keygen);
+    if pq {
+        cmd.arg("-pq");
+    }
+    let out = cmd.arg("-o").arg(file).output().expect("run age-keygen");
     assert!(
         out.status.success(),
         "{}",
@@ -189,6 +194,8 @@ struct Case {
     flags: &'static [&'static str],
     recipients: usize,
     rule: Option<&'static str>,
+    /// Post-quantum age keys (`age-keygen -pq`).
+    pq: bool,
 }
 
 const CASES: &[Case] = &[
@@ -198,6 +205,7 @@ const CASES: &[Case] = &[
         flags: &[],
         recipients: 1,
         rule: None,
+        pq: false,
     },
     Case {
         name: "yaml encrypted_regex",
@@ -205,6 +213,7 @@ const CASES: &[Case] = &[
         flags: &["--encrypted-regex", "^(password|token|multiline)$"],
         recipients: 1,
         rule: None,
+        pq: false,
     },
     Case {
         name: "yaml unencrypted_regex",
@@ -212,6 +221,7 @@ const CASES: &[Case] = &[
         flags: &["--unencrypted-regex", "^(port|public_plain)$"],
         recipients: 1,
         rule: None,
+        pq: false,
     },
     Case {
         name: "yaml encrypted_suffix",
@@ -219,6 +229,7 @@ const CASES: &[Case] = &[
         flags: &["--encrypted-suffix", "word"],
         recipients: 1,
         rule: None,
+        pq: false,
     },
     Case {
         name: "yaml unencrypted_suffix",
@@ -226,6 +237,7 @@ const CASES: &[Case] = &[
         flags: &["--unencrypted-suffix", "_plain"],
         recipients: 1,
         rule: None,
+        pq: false,
     },
     Case {
         name: "yaml mac_only_encrypted",
@@ -233,6 +245,7 @@ const CASES: &[Case] = &[
         flags: &[],
         recipients: 1,
         rule: Some("encrypted_regex: ^(password|token)$\n    mac_only_encrypted: true"),
+        pq: false,
     },
     Case {
         name: "yaml two recipients",
@@ -240,6 +253,7 @@ const CASES: &[Case] = &[
         flags: &[],
         recipients: 2,
         rule: None,
+        pq: false,
     },
     Case {
         name: "json default rule",
@@ -247,6 +261,7 @@ const CASES: &[Case] = &[
         flags: &[],
         recipients: 1,
         rule: None,
+        pq: false,
     },
     Case {
         name: "json encrypted_regex",
@@ -254,6 +269,7 @@ const CASES: &[Case] = &[
         flags: &["--encrypted-regex", "^password$"],
         recipients: 2,
         rule: None,
+        pq: false,
     },
 ];
 
@@ -267,7 +283,7 @@ fn files_encrypted_by_the_sops_cli_render_like_sops_d_prints_them() {
         let enc = format!("clusters/secrets.sops.{}", case.ext);
         let repo = dump_repo(&enc);
         let keys: Vec<Key> = (0..case.recipients)
-            .map(|i| keygen(t, &repo.path().join(format!("key{i}.txt"))))
+            .map(|i| keygen_kind(t, &repo.path().join(format!("key{i}.txt")), case.pq))
             .collect();
         let text = if case.ext == "json" {
             json_values(&password)
