@@ -227,6 +227,9 @@ impl Inputs {
                 }
             }
         }
+        if ctx.record_origins {
+            attribute_secret_origins(chart, &merged, &shadow_ctx, &mut docs);
+        }
         for d in &docs {
             if let Some(p) = d.secret.iter().find(|p| is_identity_field(p)) {
                 return Err(InputError::new(
@@ -240,55 +243,58 @@ impl Inputs {
     }
 }
 
-impl Inputs {
-    /// Which decrypted values each field of object `id` (as chart `chart` renders it, before
-    /// patches) depends on: pointer -> `(values file, dotted key)`. One render per decrypted value
-    /// of the chart, each with only that value replaced by its placeholder (for `explain`).
-    pub fn secret_value_origins(
-        &self,
-        chart: &Chart,
-        id: &ObjectId,
-        ctx: &RenderContext,
-    ) -> BTreeMap<String, BTreeSet<(String, String)>> {
-        let mut out: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
-        let merged = chart::merge_values(&self.value_layers(chart));
-        let ctx = RenderContext {
-            record_origins: false,
-            ..ctx.clone()
+/// Field origins that name the decrypted values a field is computed from (a `b64encode`d
+/// password in Secret data), where the template matcher only found a template line: one render
+/// per decrypted value of the chart, with only that value replaced by its placeholder. `explain`
+/// and drift records then name the encrypted file and key.
+fn attribute_secret_origins(
+    chart: &Chart,
+    merged: &MergedValues,
+    ctx: &RenderContext,
+    docs: &mut [chart::RenderedDoc],
+) {
+    for s in &merged.secret {
+        let one = BTreeSet::from([s.clone()]);
+        let perturbed = MergedValues {
+            values: crate::mask::substitute(&merged.values, &one),
+            origin: Default::default(),
+            secret: one,
         };
-        let find = |docs: Vec<chart::RenderedDoc>| {
-            docs.into_iter()
-                .map(|d| d.object)
-                .find(|o| ObjectId::of(o).as_ref() == Ok(id))
+        let Ok(others) = chart::render_chart(chart, &perturbed, ctx) else {
+            continue;
         };
-        let Some(real) = chart::render_chart(chart, &merged, &ctx)
-            .ok()
-            .and_then(find)
-        else {
-            return out;
-        };
-        for s in &merged.secret {
-            let one = std::collections::BTreeSet::from([s.clone()]);
-            let perturbed = MergedValues {
-                values: crate::mask::substitute(&merged.values, &one),
-                origin: Default::default(),
-                secret: one,
-            };
-            let Some(obj) = chart::render_chart(chart, &perturbed, &ctx)
-                .ok()
-                .and_then(find)
-            else {
-                continue;
-            };
-            let origin = (
-                merged.origin_of(s).unwrap_or_default().to_string(),
-                chart::render::pointer_to_dotted(s),
-            );
-            for p in crate::mask::differences(&real, &obj) {
-                out.entry(p).or_default().insert(origin.clone());
+        if others.len() != docs.len() {
+            continue;
+        }
+        let file = merged.origin_of(s).unwrap_or_default().to_string();
+        let key = chart::render::pointer_to_dotted(s);
+        for (d, o) in docs.iter_mut().zip(&others) {
+            for p in crate::mask::differences(&d.object, &o.object) {
+                let under = format!("{p}/");
+                let leaves: Vec<String> = d
+                    .origins
+                    .keys()
+                    .filter(|k| **k == p || k.starts_with(&under))
+                    .cloned()
+                    .collect();
+                for k in leaves {
+                    if let Some(crate::provenance::Origin::Template { line, .. }) =
+                        d.origins.get(&k)
+                    {
+                        let line = *line;
+                        d.origins.insert(
+                            k,
+                            crate::provenance::Origin::Values {
+                                file: file.clone(),
+                                key: key.clone(),
+                                template: d.template.clone(),
+                                line,
+                            },
+                        );
+                    }
+                }
             }
         }
-        out
     }
 }
 

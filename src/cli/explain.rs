@@ -61,18 +61,10 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_default();
     let secrets = crate::mask::secret_pointers(obj, set.provenance.secrets.get(&id));
     let secret_ops = secret_ops(&inputs.overlays);
-    // Fields computed from decrypted values (a b64encode'd password) name those values.
-    let from_secret_values = match inputs.charts.get(&set.objects[&id].chart) {
-        Some(c) if set.provenance.secrets.contains_key(&id) => {
-            inputs.secret_value_origins(c, &id, &inputs.context(None))
-        }
-        _ => Default::default(),
-    };
     let fields: Vec<FieldExplanation> = pointers
         .into_iter()
         .map(|p| {
             let mut steps = expand_value_layers(history.chain(obj, &p), &layers);
-            attribute_secret_values(&mut steps, &p, &from_secret_values);
             mask_steps(&mut steps, &p, &secrets, &secret_ops);
             FieldExplanation { steps, pointer: p }
         })
@@ -278,48 +270,6 @@ pub fn describe(steps: &[Step]) -> String {
     } else {
         parts.join(", ")
     }
-}
-
-/// When the chart's own step of field `pointer` is a template line, but the field depends on
-/// decrypted values, name those values (their encrypted file and key) instead.
-fn attribute_secret_values(
-    steps: &mut Vec<Step>,
-    pointer: &str,
-    from: &std::collections::BTreeMap<String, std::collections::BTreeSet<(String, String)>>,
-) {
-    let sources: std::collections::BTreeSet<&(String, String)> = from
-        .iter()
-        .filter(|(p, _)| {
-            crate::mask::touches(pointer, &std::collections::BTreeSet::from([(*p).clone()]))
-        })
-        .flat_map(|(_, s)| s)
-        .collect();
-    let Some(Step {
-        origin: Origin::Template {
-            file: template,
-            line,
-        },
-        value,
-    }) = steps.first().cloned()
-    else {
-        return;
-    };
-    if sources.is_empty() {
-        return;
-    }
-    let values: Vec<Step> = sources
-        .into_iter()
-        .map(|(file, key)| Step {
-            origin: Origin::Values {
-                file: file.clone(),
-                key: key.clone(),
-                template: template.clone(),
-                line,
-            },
-            value: value.clone(),
-        })
-        .collect();
-    steps.splice(0..1, values);
 }
 
 /// `(file, patch, op)` of every overlay op whose value was decrypted from a sops patch file.

@@ -1046,6 +1046,11 @@ async fn the_daemon_applies_encrypted_secrets_corrects_drift_and_follows_a_rotat
         log.contains("drift"),
         "the drift correction is logged\n{log}"
     );
+    // The drift record says where the value came from: the encrypted manifest.
+    assert!(
+        log.contains("provenance=\"template charts/app/templates/db.sops.yaml"),
+        "{log}"
+    );
 }
 
 /// A new repository: `pailot init --sops-age-recipient` writes a `.sops.yaml` the real `sops`
