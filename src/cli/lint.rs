@@ -55,13 +55,14 @@ pub fn lint(root: &Path, req: &RenderRequest) -> LintReport {
     r.checked.push("charts".into());
     // Every overlay parses and its extends resolve.
     let overlays = names_in(&root.join("overlays"), true, None);
+    let keyring = crate::sops::Keyring::new(req.age_keys.clone());
     for o in &overlays {
         if !root.join(overlay::overlay_file(o)).is_file() {
             r.notes
                 .push(format!("overlays/{o}: no overlay.yaml, not an overlay"));
             continue;
         }
-        if let Err(e) = overlay::resolve(root, std::slice::from_ref(o), "overlays") {
+        if let Err(e) = overlay::resolve_with(root, std::slice::from_ref(o), "overlays", &keyring) {
             r.problems.push(e);
         }
     }
@@ -96,12 +97,7 @@ pub fn lint(root: &Path, req: &RenderRequest) -> LintReport {
             r.problems.push(e);
         }
         if let Ok(c) = crate::render::load_cluster(&root.join(&rel), &rel)
-            && let Ok(list) = overlay::resolve_with(
-                root,
-                &c.overlays,
-                &rel,
-                &crate::sops::Keyring::new(req.age_keys.clone()),
-            )
+            && let Ok(list) = overlay::resolve_with(root, &c.overlays, &rel, &keyring)
         {
             used.extend(list.into_iter().map(|o| o.name));
         }
