@@ -45,9 +45,10 @@ fn names_in(dir: &Path, want_dir: bool, ext: Option<&str>) -> Vec<String> {
 /// Lint the repository at `root` with `cluster_file` (the cluster whose overlays charts are checked with).
 pub fn lint(root: &Path, req: &RenderRequest) -> LintReport {
     let mut r = LintReport::default();
+    let keyring = crate::sops::Keyring::new(req.age_keys.clone());
     // Every chart passes `chart lint`.
     for c in names_in(&root.join("charts"), true, None) {
-        match crate::chart::lint::lint_chart(root, &root.join("charts").join(&c)) {
+        match crate::chart::lint::lint_chart(root, &root.join("charts").join(&c), &keyring) {
             Ok(p) => r.problems.extend(p),
             Err(e) => r.problems.push(e),
         }
@@ -55,7 +56,6 @@ pub fn lint(root: &Path, req: &RenderRequest) -> LintReport {
     r.checked.push("charts".into());
     // Every overlay parses and its extends resolve.
     let overlays = names_in(&root.join("overlays"), true, None);
-    let keyring = crate::sops::Keyring::new(req.age_keys.clone());
     for o in &overlays {
         if !root.join(overlay::overlay_file(o)).is_file() {
             r.notes

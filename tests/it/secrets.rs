@@ -565,8 +565,8 @@ fn explain_and_errors_name_the_encrypted_file_but_never_the_value() {
 #[test]
 fn encrypted_manifests_patch_files_and_values_files_render_masked() {
     let Some(t) = tools() else { return };
-    let repo = dump_repo("clusters/none.yaml");
-    repo.write("clusters/none.yaml", "{}\n");
+    let repo = dump_repo("values/none.yaml");
+    repo.write("values/none.yaml", "{}\n");
     let key = keygen(t, &repo.path().join("key.txt"));
     // A Secret written by sops (data and stringData encrypted, the rest readable).
     repo.write(
@@ -666,6 +666,24 @@ fn encrypted_manifests_patch_files_and_values_files_render_masked() {
     assert_eq!(values["chartToken"], "chart-hunter2");
     assert_eq!(values["overlayToken"], "overlay-hunter2");
 
+    // lint and chart lint decrypt with the key too; without one they say how to give it.
+    for args in [
+        &["lint", "-c", "clusters/test.yaml"][..],
+        &["chart", "lint", "charts/dump"][..],
+    ] {
+        let ok = pailot_with(repo.path(), Some(&key.file), args);
+        assert_eq!(ok.code, 0, "{args:?}: {}{}", ok.stdout, ok.stderr);
+        for s in secrets {
+            assert_never_shown(&ok, s, "lint");
+        }
+        let no_key = pailot_with(repo.path(), None, args);
+        assert_ne!(no_key.code, 0, "{args:?}");
+        let said = format!("{}{}", no_key.stdout, no_key.stderr);
+        assert!(
+            said.contains("no age identity was given"),
+            "{args:?}: {said}"
+        );
+    }
     let explain = pailot_with(
         repo.path(),
         Some(&key.file),
