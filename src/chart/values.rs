@@ -407,6 +407,38 @@ mod tests {
     }
 
     #[test]
+    fn a_decrypted_value_stays_secret_until_a_later_layer_replaces_it() {
+        let mut enc = layer(
+            "clusters/s.sops.yaml",
+            json!({"pw": "x", "db": {"pw": "y"}, "list": ["a"]}),
+        );
+        enc.secret = ["/pw", "/db/pw", "/list/0"].map(String::from).into();
+        let m = merge_values(&[layer("v", json!({"pw": "default"})), enc.clone()]);
+        assert_eq!(m.secret, enc.secret);
+        let later = layer("o", json!({"db": {"pw": "plain"}, "list": ["b"]}));
+        let m = merge_values(&[layer("v", json!({})), enc, later]);
+        assert_eq!(m.secret.into_iter().collect::<Vec<_>>(), ["/pw"]);
+    }
+
+    #[test]
+    fn values_file_layers_are_rerooted_per_chart() {
+        let f = ValuesFile {
+            file: "c.sops.yaml".into(),
+            charts: [
+                ("*".to_string(), json!({"a": 1})),
+                ("web".to_string(), json!({"pw": "x"})),
+            ]
+            .into(),
+            secret: ["/web/pw", "/*/a"].map(String::from).into(),
+        };
+        let layers = f.layers("web");
+        assert_eq!(layers.len(), 2);
+        assert_eq!(layers[0].secret.iter().collect::<Vec<_>>(), ["/a"]);
+        assert_eq!(layers[1].secret.iter().collect::<Vec<_>>(), ["/pw"]);
+        assert!(f.layers("other")[0].key_prefix == "*");
+    }
+
+    #[test]
     fn scalar_replaced_by_map_and_back() {
         let m = merge_values(&[
             layer("v", json!({"a": 1})),

@@ -1135,6 +1135,35 @@ mod tests {
         assert_eq!(e.line, Some(4));
     }
 
+    /// Ops run on the shadows too: a copy of a secret is secret, a plain replacement is not.
+    #[test]
+    fn shadows_follow_copies_moves_and_replacements() {
+        let d = tempfile::tempdir().unwrap();
+        let text = "apiVersion: pailot.dev/v1\nkind: Overlay\npatches:\n  - target: {kind: ConfigMap}\n    ops:\n      - {op: copy, from: /data/pw, path: /data/copy}\n      - {op: replace, path: /data/token, value: public}\n      - {op: add, path: /data/list/0, value: first}\n";
+        write(d.path(), "overlays/a/overlay.yaml", text);
+        let o = load_overlay(d.path(), "a").unwrap();
+        let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
+            "data": {"pw": "s3cret", "token": "t0ken", "list": ["x", "secret-item"]}});
+        let id = ObjectId::of(&obj).unwrap();
+        let secret: BTreeSet<String> = ["/data/pw", "/data/token", "/data/list/1"]
+            .map(String::from)
+            .into();
+        let mut shadows = BTreeMap::from([(id.clone(), crate::mask::substitute(&obj, &secret))]);
+        let mut objects = BTreeMap::from([(
+            id.clone(),
+            RenderedObject {
+                chart: "c".into(),
+                template: "t".into(),
+                object: obj,
+            },
+        )]);
+        apply_patches_tracked(std::slice::from_ref(&o), &mut objects, None, &mut shadows).unwrap();
+        let now: Vec<String> = crate::mask::differences(&objects[&id].object, &shadows[&id])
+            .into_iter()
+            .collect();
+        assert_eq!(now, ["/data/copy", "/data/list/2", "/data/pw"]);
+    }
+
     #[test]
     fn chart_selection_accumulates_in_order() {
         let d = tempfile::tempdir().unwrap();
