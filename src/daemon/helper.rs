@@ -274,6 +274,9 @@ pub struct WireObject {
     chart: String,
     template: String,
     object: serde_json::Value,
+    /// Fields computed from values decrypted from sops files (masked in drift records).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    secret_fields: Vec<String>,
 }
 
 /// A rendered set (without provenance) as the response to a `Render` request.
@@ -290,16 +293,19 @@ fn rendered(cluster: &crate::cluster::Cluster, set: RenderedSet) -> Response {
                 depends_on: c.depends_on,
             })
             .collect(),
-        objects: set
-            .objects
-            .into_iter()
-            .map(|(id, o)| WireObject {
-                id,
-                chart: o.chart,
-                template: o.template,
-                object: o.object,
-            })
-            .collect(),
+        objects: {
+            let mut secrets = set.provenance.secrets;
+            set.objects
+                .into_iter()
+                .map(|(id, o)| WireObject {
+                    secret_fields: secrets.remove(&id).map(Vec::from_iter).unwrap_or_default(),
+                    id,
+                    chart: o.chart,
+                    template: o.template,
+                    object: o.object,
+                })
+                .collect()
+        },
     }
 }
 
@@ -309,6 +315,11 @@ fn desired_from(
     charts: Vec<WireChart>,
     objects: Vec<WireObject>,
 ) -> Desired {
+    let secrets = objects
+        .iter()
+        .filter(|o| !o.secret_fields.is_empty())
+        .map(|o| (o.id.clone(), o.secret_fields.iter().cloned().collect()))
+        .collect();
     Desired {
         set: RenderedSet {
             objects: objects
@@ -332,7 +343,10 @@ fn desired_from(
                     depends_on: c.depends_on,
                 })
                 .collect(),
-            provenance: Default::default(),
+            provenance: crate::provenance::Provenance {
+                objects: Default::default(),
+                secrets,
+            },
         },
         cluster,
         namespace,

@@ -993,12 +993,14 @@ impl Applier for KubeApplier {
         let inv = Inventory::for_cluster(&desired.cluster, &desired.namespace);
         let cfg = self.apply_config(true);
         let progress = apply::progress::Progress::quiet();
-        let report = run_engine(server, desired, &inv, &cfg, &progress)
+        let mut report = run_engine(server, desired, &inv, &cfg, &progress)
             .await
             .map_err(|e| StageError {
                 stage: Stage::Drift,
                 ..engine_error(e)
             })?;
+        // Fields computed from decrypted values never reach records, logs or /status.
+        crate::mask::mask_report(&mut report, &desired.set.provenance.secrets);
         let records = drift::records(&report, desired);
         if records.is_empty() || !desired.set.provenance.objects.is_empty() {
             return Ok(records);

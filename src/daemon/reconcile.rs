@@ -275,6 +275,8 @@ struct FrozenDesired {
     charts: Vec<crate::manifest::ChartInfo>,
     cluster: String,
     namespace: String,
+    /// Fields computed from decrypted values: drift records mask them.
+    secrets: crate::mask::SecretFields,
 }
 
 impl FrozenDesired {
@@ -297,6 +299,7 @@ impl FrozenDesired {
             charts: d.set.charts.clone(),
             cluster: d.cluster.clone(),
             namespace: d.namespace.clone(),
+            secrets: d.set.provenance.secrets.clone(),
         }
     }
 
@@ -320,7 +323,10 @@ impl FrozenDesired {
             set: RenderedSet {
                 objects,
                 charts: self.charts.clone(),
-                provenance: Default::default(),
+                provenance: crate::provenance::Provenance {
+                    objects: Default::default(),
+                    secrets: self.secrets.clone(),
+                },
             },
             cluster: self.cluster.clone(),
             namespace: self.namespace.clone(),

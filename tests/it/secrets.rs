@@ -905,6 +905,11 @@ async fn the_daemon_applies_encrypted_secrets_corrects_drift_and_follows_a_rotat
         "charts/app/templates/app-secret.yaml",
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: app\ntype: Opaque\ndata:\n  token: {{ values.token | b64encode }}\n",
     );
+    // Not a Secret: a field computed from a decrypted value is found by provenance, and masked.
+    repo.write(
+        "charts/app/templates/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app-config\ndata:\n  url: \"https://app:{{ values.token }}@db.example.invalid\"\n",
+    );
     repo.write(
         "charts/app/templates/db.sops.yaml",
         &format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ntype: Opaque\ndata:\n  password: {}\n", b64(&db_password)),
@@ -982,6 +987,34 @@ async fn the_daemon_applies_encrypted_secrets_corrects_drift_and_follows_a_rotat
         "drift on the encrypted Secret corrected in {:?}",
         t0.elapsed()
     );
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = ns.api();
+    let url = |cm: k8s_openapi::api::core::v1::ConfigMap| {
+        cm.data
+            .and_then(|d| d.get("url").cloned())
+            .unwrap_or_default()
+    };
+    let want_url = format!("https://app:{token}@db.example.invalid");
+    assert_eq!(url(cms.get("app-config").await.unwrap()), want_url);
+    cms.patch(
+        "app-config",
+        &PatchParams::apply("tamperer").force(),
+        &Patch::Apply(&serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app-config"},
+            "data": {"url": "https://app:guessed@db.example.invalid"}
+        })),
+    )
+    .await
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    while url(cms.get("app-config").await.unwrap()) != want_url {
+        d.assert_running();
+        assert!(
+            t0.elapsed() < limit,
+            "the drifted ConfigMap was not corrected\n{}",
+            d.tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Rotation: the files are re-encrypted to the new key only, and the daemon gets the new key.
     for f in [
@@ -1051,13 +1084,14 @@ async fn the_daemon_applies_encrypted_secrets_corrects_drift_and_follows_a_rotat
     }
     assert!(channels.len() > 5, "the state directory is empty");
     for secret in [
+        "guessed".to_string(),
         db_password.clone(),
         token.clone(),
         b64(&db_password),
         b64(&token),
     ] {
         for (what, text) in &channels {
-            assert!(!text.contains(&secret), "{what} shows {secret:?}");
+            assert!(!text.contains(&secret), "{what} shows {secret:?}:\n{text}");
         }
     }
     assert!(
