@@ -1049,6 +1049,59 @@ async fn the_daemon_applies_encrypted_secrets_corrects_drift_and_follows_a_rotat
         Some(db_password.as_str())
     );
 
+    let render = pailot_with(
+        repo.path(),
+        Some(&new.file),
+        &["render", "-c", "clusters/test.yaml"],
+    );
+    assert_eq!(render.code, 0, "{}", render.stderr);
+    // A commit that changed the encrypted file without sops: refused, the applied state stays.
+    let values = std::fs::read_to_string(repo.path().join("clusters/secrets.sops.yaml")).unwrap();
+    let mut doc = pailot::chart::parse_yaml_documents(&values, "v")
+        .unwrap()
+        .remove(0);
+    doc["app"]["note_unencrypted"] = "added by hand".into();
+    repo.write(
+        "clusters/secrets.sops.yaml",
+        &pailot::chart::to_yaml_string(&doc),
+    );
+    let tampered = repo.commit("edit the encrypted file by hand");
+    let s = d
+        .wait_status(limit, "the tampered commit refused", |s| {
+            s["lastReconcile"]["revision"] == tampered.as_str()
+                && s["errors"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| e["stage"] == "render"))
+        })
+        .await;
+    let err = s["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["stage"] == "render")
+        .unwrap();
+    assert_eq!(err["file"], "clusters/secrets.sops.yaml", "{s:#}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("MAC mismatch"),
+        "{s:#}"
+    );
+    assert_eq!(
+        s["revision"],
+        rotated.as_str(),
+        "the last good revision stays applied: {s:#}"
+    );
+    assert!(
+        d.metrics().await.contains("reason=\"invalid_input\""),
+        "the failure is counted as invalid_input"
+    );
+    assert_eq!(
+        secret_data(&ns, "app", "token").await.as_deref(),
+        Some(token.as_str())
+    );
+
     // Every channel the daemon and the commands write to.
     let status = d.get("/status").await.unwrap().1;
     let metrics = d.metrics().await;
@@ -1058,12 +1111,6 @@ async fn the_daemon_applies_encrypted_secrets_corrects_drift_and_follows_a_rotat
         &["status", "--url", &format!("http://{addr}"), "-o", "json"],
     );
     assert_eq!(status_cmd.code, 0, "{}", status_cmd.stderr);
-    let render = pailot_with(
-        repo.path(),
-        Some(&new.file),
-        &["render", "-c", "clusters/test.yaml"],
-    );
-    assert_eq!(render.code, 0, "{}", render.stderr);
     d.signal_and_wait("TERM", Duration::from_secs(30)).await;
     let log = d.log();
     let mut channels: Vec<(String, String)> = vec![
