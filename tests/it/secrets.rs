@@ -557,6 +557,26 @@ fn explain_and_errors_name_the_encrypted_file_but_never_the_value() {
         run.stderr
     );
     assert_never_shown(&run, password, "schema error");
+
+    // A template error in a chart whose values hold decrypted values keeps its kind and place only.
+    std::fs::remove_file(repo.path().join("charts/dump/values.schema.json")).unwrap();
+    repo.write(
+        "charts/dump/templates/broken.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: broken\ndata:\n  x: {{ values.password | from_nowhere }}\n",
+    );
+    let run = pailot_with(
+        repo.path(),
+        Some(&key.file),
+        &["render", "-c", "clusters/test.yaml"],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("charts/dump/templates/broken.yaml"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("details hidden"), "{}", run.stderr);
+    assert_never_shown(&run, password, "template error");
 }
 
 /// A `kind: Secret` manifest written by sops under `templates/`, an encrypted overlay patch file,
