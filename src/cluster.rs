@@ -44,6 +44,10 @@ pub struct Cluster {
     /// Per-chart values set by this cluster, merged last (after chart defaults and every overlay).
     #[serde(default)]
     pub values: BTreeMap<String, Value>,
+    /// Files (repository-relative) with more per-chart values, merged after `values`, in order;
+    /// a file may be encrypted with sops, e.g. `clusters/my-cluster.secrets.sops.yaml`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_files: Vec<String>,
 }
 
 /// Who runs the control plane.

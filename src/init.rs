@@ -45,6 +45,35 @@ pub struct InitOutput {
     pub warnings: Vec<String>,
 }
 
+/// A `.sops.yaml` for a new deployment repository: one creation rule that encrypts every
+/// `*.sops.yaml`/`*.sops.json` to `recipients` (age public keys, `age1…`), checked here.
+pub fn sops_config(recipients: &[String]) -> Result<String, InputError> {
+    if recipients.is_empty() {
+        return Err(InputError::new(
+            "--sops-age-recipient",
+            "no age recipient given",
+        ));
+    }
+    for r in recipients {
+        // age marks X25519 deprecated for new keys; sops users have them, and age-keygen makes them.
+        #[allow(deprecated)]
+        let ok =
+            r.parse::<age::x25519::Recipient>().is_ok() || r.parse::<age::pq::Recipient>().is_ok();
+        if !ok {
+            return Err(InputError::new(
+                "--sops-age-recipient",
+                format!("{r:?} is not an age public key (age1…, printed by age-keygen)"),
+            ));
+        }
+    }
+    Ok(format!(
+        "# sops creation rules (docs/secrets.md): `sops -e -i clusters/<name>.secrets.sops.yaml`\n\
+         # encrypts to these age recipients; each holder of one of their keys can decrypt.\n\
+         creation_rules:\n  - path_regex: \\.sops\\.(ya?ml|json)$\n    age: {}\n",
+        recipients.join(",")
+    ))
+}
+
 /// Why a password is never copied into the Cluster file.
 pub const PASSWORD_WARNING: &str = "ssh-password is NOT written to the Cluster file: the cluster file lives in git, \
 and a password there leaks to every clone, fork and CI log; set up key-based SSH instead \

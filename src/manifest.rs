@@ -114,16 +114,34 @@ pub struct ChartInfo {
 
 /// Everything one render produced: objects by identity, the charts, and field provenance.
 ///
-/// Serialized (between a render helper and the daemon) without provenance, and with the objects as a
-/// list (JSON maps need string keys).
+/// Serialized (between a render helper and the daemon) with the objects as a list (JSON maps need
+/// string keys) and, of the provenance, only the fields decrypted from sops files (what masking needs).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RenderedSet {
     #[serde(with = "objects_as_list")]
     pub objects: BTreeMap<ObjectId, RenderedObject>,
     /// Charts included by the overlays, in a dependency-respecting, deterministic order.
     pub charts: Vec<ChartInfo>,
-    #[serde(skip)]
+    #[serde(with = "secrets_only", default)]
     pub provenance: Provenance,
+}
+
+mod secrets_only {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{ObjectId, Provenance};
+
+    pub fn serialize<S: Serializer>(p: &Provenance, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(p.secrets.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Provenance, D::Error> {
+        let list = Vec::<(ObjectId, std::collections::BTreeSet<String>)>::deserialize(d)?;
+        Ok(Provenance {
+            secrets: list.into_iter().collect(),
+            ..Default::default()
+        })
+    }
 }
 
 mod objects_as_list {

@@ -461,6 +461,9 @@ fn leaves(v: &Value, path: &mut String, out: &mut Vec<String>) {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Provenance {
     pub objects: BTreeMap<ObjectId, FieldHistory>,
+    /// Per object, the fields whose value was decrypted from a sops file (kept in every
+    /// [`crate::render::ProvenanceMode`]: output masking needs them).
+    pub secrets: crate::mask::SecretFields,
 }
 
 impl Provenance {

@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::chart::{self, Chart, RenderContext, ValueLayer};
+use crate::chart::{self, Chart, MergedValues, RenderContext, ValueLayer, ValuesFile};
 use crate::cluster::Cluster;
 use crate::diag::InputError;
 use crate::manifest::{ChartInfo, ObjectId, RenderedObject, RenderedSet};
 use crate::overlay::{self, LoadedOverlay};
 use crate::provenance::{FieldHistory, Provenance};
+use crate::sops::{AgeKeys, Keyring};
 
 /// What to render.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -28,6 +29,9 @@ pub struct RenderRequest {
     pub overlays: Option<Vec<String>>,
     /// Git commit rendered (`release.revision`); `"local"` when absent.
     pub revision: Option<String>,
+    /// age identities for sops-encrypted files; read only when the render meets one. The daemon
+    /// passes its `decryption.ageKeyFile` here as `AgeKeys::File` (a path: helpers read the key).
+    pub age_keys: AgeKeys,
 }
 
 /// What a render produced: the cluster it was for and the set.
@@ -83,6 +87,8 @@ pub struct Inputs {
     pub overlays: Vec<LoadedOverlay>,
     /// Charts selected by the overlays.
     pub selected: BTreeSet<String>,
+    /// The cluster file's `valuesFiles`, read (and decrypted) in order.
+    pub cluster_values_files: Vec<ValuesFile>,
 }
 
 /// Load the cluster file, the charts and the overlays of `req`, and select the charts.
@@ -94,12 +100,14 @@ pub fn load_inputs(req: &RenderRequest) -> Result<Inputs, InputError> {
     };
     let cluster_file = display_path(&req.repo_root, &cluster_path);
     let cluster = load_cluster(&cluster_path, &cluster_file)?;
-    let charts = chart::load_charts(&req.repo_root)?;
+    // One keyring per render: the identities are read once, on the first encrypted file.
+    let keyring = Keyring::new(req.age_keys.clone());
+    let charts = chart::load_charts_with(&req.repo_root, &keyring)?;
     let (names, from) = match &req.overlays {
         Some(o) => (o.clone(), "--overlay".to_string()),
         None => (cluster.overlays.clone(), cluster_file.clone()),
     };
-    let overlays = overlay::resolve(&req.repo_root, &names, &from)?;
+    let overlays = overlay::resolve_with(&req.repo_root, &names, &from, &keyring)?;
     let available: BTreeSet<String> = charts.keys().cloned().collect();
     overlay::check_value_keys(&overlays, &available)?;
     for k in cluster.values.keys() {
@@ -110,6 +118,34 @@ pub fn load_inputs(req: &RenderRequest) -> Result<Inputs, InputError> {
             );
         }
     }
+    let mut cluster_values_files = Vec::with_capacity(cluster.values_files.len());
+    for (i, rel) in cluster.values_files.iter().enumerate() {
+        let place = format!("valuesFiles[{i}]");
+        let rel_path = Path::new(rel);
+        if rel_path.is_absolute()
+            || rel_path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(InputError::new(
+                &cluster_file,
+                format!("values file `{rel}` must be a path inside the repository"),
+            )
+            .place(place));
+        }
+        let f = ValuesFile::read(&req.repo_root, rel, &keyring, &cluster_file, &place)?;
+        if let Some(k) = f
+            .charts
+            .keys()
+            .find(|k| *k != "*" && !available.contains(*k))
+        {
+            return Err(
+                InputError::new(&f.file, format!("values for unknown chart `{k}`"))
+                    .place(k.clone()),
+            );
+        }
+        cluster_values_files.push(f);
+    }
     let selected = overlay::chart_set(&overlays, &available)?;
     Ok(Inputs {
         cluster,
@@ -117,6 +153,7 @@ pub fn load_inputs(req: &RenderRequest) -> Result<Inputs, InputError> {
         charts,
         overlays,
         selected,
+        cluster_values_files,
     })
 }
 
@@ -134,21 +171,27 @@ impl Inputs {
         }
     }
 
-    /// Value layers of `chart` in merge order: values.yaml, overlays (`"*"` then the chart), cluster.
+    /// Value layers of `chart` in merge order: values.yaml (and values.sops.yaml), overlays
+    /// (`"*"` then the chart; inline values, then valuesFiles), the cluster file, its valuesFiles.
     pub fn value_layers(&self, chart: &Chart) -> Vec<ValueLayer> {
-        let mut layers = vec![chart.default_layer()];
+        let mut layers = chart.own_layers();
         layers.extend(overlay::value_layers(&self.overlays, chart.name()));
         if let Some(v) = self.cluster.values.get(chart.name()) {
             layers.push(ValueLayer {
                 file: self.cluster_file.clone(),
                 key_prefix: format!("values.{}", chart.name()),
                 values: v.clone(),
+                secret: Default::default(),
             });
+        }
+        for f in &self.cluster_values_files {
+            layers.extend(f.layers(chart.name()));
         }
         layers
     }
 
-    /// Merge, validate and render one chart (no patches).
+    /// Merge, validate and render one chart (no patches). Each document's `secret` holds the
+    /// fields that depend on a decrypted value (found by a second, shadow render: `crate::mask`).
     pub fn render_chart(
         &self,
         chart: &Chart,
@@ -156,8 +199,137 @@ impl Inputs {
     ) -> Result<Vec<chart::RenderedDoc>, InputError> {
         let merged = chart::merge_values(&self.value_layers(chart));
         chart::validate_values(chart, &merged)?;
-        chart::render_chart(chart, &merged, ctx)
+        let mut docs = chart::render_chart(chart, &merged, ctx).map_err(|e| redact(e, &merged))?;
+        if merged.secret.is_empty() {
+            return Ok(docs);
+        }
+        let shadow_values = MergedValues {
+            values: crate::mask::substitute(&merged.values, &merged.secret),
+            origin: Default::default(),
+            secret: merged.secret.clone(),
+        };
+        let shadow_ctx = RenderContext {
+            record_origins: false,
+            ..ctx.clone()
+        };
+        match chart::render_chart_shadow(chart, &shadow_values, &shadow_ctx) {
+            Ok(shadows)
+                if shadows.len() == docs.len()
+                    && shadows
+                        .iter()
+                        .zip(&docs)
+                        .all(|(s, d)| s.template == d.template) =>
+            {
+                for (d, s) in docs.iter_mut().zip(&shadows) {
+                    d.secret
+                        .extend(crate::mask::differences(&d.object, &s.object));
+                }
+            }
+            // The templates do not render alike with placeholders: every field of the chart
+            // counts as secret.
+            _ => {
+                for d in &mut docs {
+                    let all =
+                        crate::mask::differences(&d.object, &crate::mask::placeholder(&d.object));
+                    d.secret.extend(all);
+                }
+            }
+        }
+        if ctx.record_origins {
+            attribute_secret_origins(chart, &merged, &shadow_ctx, &mut docs);
+        }
+        for d in &docs {
+            if let Some(p) = d.secret.iter().find(|p| is_identity_field(p)) {
+                return Err(InputError::new(
+                    &d.template,
+                    format!("a value decrypted from an encrypted file decides the object's identity ({p}); names, kinds and namespaces must not be secret"),
+                )
+                .object(format!("chart {}", chart.name())));
+            }
+        }
+        Ok(docs)
     }
+}
+
+/// Field origins that name the decrypted values a field is computed from (a `b64encode`d
+/// password in Secret data), where the template matcher only found a template line: one render
+/// per decrypted value of the chart, with only that value replaced by its placeholder. `explain`
+/// and drift records then name the encrypted file and key.
+fn attribute_secret_origins(
+    chart: &Chart,
+    merged: &MergedValues,
+    ctx: &RenderContext,
+    docs: &mut [chart::RenderedDoc],
+) {
+    for s in &merged.secret {
+        let one = BTreeSet::from([s.clone()]);
+        let perturbed = MergedValues {
+            values: crate::mask::substitute(&merged.values, &one),
+            origin: Default::default(),
+            secret: one,
+        };
+        let Ok(others) = chart::render_chart(chart, &perturbed, ctx) else {
+            continue;
+        };
+        if others.len() != docs.len() {
+            continue;
+        }
+        let file = merged.origin_of(s).unwrap_or_default().to_string();
+        let key = chart::render::pointer_to_dotted(s);
+        for (d, o) in docs.iter_mut().zip(&others) {
+            for p in crate::mask::differences(&d.object, &o.object) {
+                let under = format!("{p}/");
+                let leaves: Vec<String> = d
+                    .origins
+                    .keys()
+                    .filter(|k| **k == p || k.starts_with(&under))
+                    .cloned()
+                    .collect();
+                for k in leaves {
+                    if let Some(crate::provenance::Origin::Template { line, .. }) =
+                        d.origins.get(&k)
+                    {
+                        let line = *line;
+                        d.origins.insert(
+                            k,
+                            crate::provenance::Origin::Values {
+                                file: file.clone(),
+                                key: key.clone(),
+                                template: d.template.clone(),
+                                line,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Fields that make an object's identity (they appear in messages, object lists and metrics).
+fn is_identity_field(p: &str) -> bool {
+    matches!(
+        p,
+        "" | "/apiVersion" | "/kind" | "/metadata" | "/metadata/name" | "/metadata/namespace"
+    )
+}
+
+/// A render error of a chart whose values hold decrypted secrets, without its details (a
+/// template or YAML error can quote a value): the kind of error and its place stay.
+fn redact(mut e: InputError, merged: &MergedValues) -> InputError {
+    if merged.secret.is_empty() {
+        return e;
+    }
+    let expression = e
+        .message
+        .rfind(" (in expression `")
+        .map(|i| e.message[i..].to_string())
+        .unwrap_or_default();
+    let kind = e.message.split(": ").next().unwrap_or("").to_string();
+    e.message = format!(
+        "{kind}{expression} (details hidden: the chart's values hold values decrypted from an encrypted file)"
+    );
+    e
 }
 
 /// Render `req`: the cluster it was for, and the patched, provenance-carrying set.
@@ -179,10 +351,22 @@ pub fn render_with(
     mode: ProvenanceMode,
 ) -> Result<(Cluster, RenderedSet), InputError> {
     let inputs = load_inputs(req)?;
-    let mut ctx = inputs.context(req.revision.as_deref());
+    let set = render_inputs(&inputs, req.revision.as_deref(), mode)?;
+    Ok((inputs.cluster, set))
+}
+
+/// Render inputs already loaded (`explain` reads the value layers too, and decrypts once).
+pub fn render_inputs(
+    inputs: &Inputs,
+    revision: Option<&str>,
+    mode: ProvenanceMode,
+) -> Result<RenderedSet, InputError> {
+    let mut ctx = inputs.context(revision);
     ctx.record_origins = mode == ProvenanceMode::Record;
     let mut objects: BTreeMap<ObjectId, RenderedObject> = BTreeMap::new();
     let mut histories: BTreeMap<ObjectId, FieldHistory> = BTreeMap::new();
+    // Objects holding decrypted values, with placeholders in their place (`crate::mask`).
+    let mut shadows: BTreeMap<ObjectId, Value> = BTreeMap::new();
     let mut interner = std::collections::HashSet::new();
     let names: Vec<&String> = inputs.selected.iter().collect();
     let rendered = crate::par::map(&names, |name| {
@@ -202,6 +386,12 @@ pub fn render_with(
                     FieldHistory::from_origins_interned(doc.origins, &mut interner),
                 );
             }
+            if !doc.secret.is_empty() {
+                shadows.insert(
+                    id.clone(),
+                    crate::mask::substitute(&doc.object, &doc.secret),
+                );
+            }
             objects.insert(
                 id,
                 RenderedObject {
@@ -213,19 +403,40 @@ pub fn render_with(
         }
     }
     let record = mode == ProvenanceMode::Record;
-    overlay::apply_patches(
+    overlay::apply_patches_tracked(
         &inputs.overlays,
         &mut objects,
         record.then_some(&mut histories),
+        &mut shadows,
     )?;
-    let objects = rekey(objects, &mut histories)?;
+    let objects = rekey(objects, &mut histories, &mut shadows)?;
+    let mut secrets = crate::mask::SecretFields::new();
+    for (id, shadow) in &shadows {
+        if let Some(ro) = objects.get(id) {
+            let fields = crate::mask::differences(&ro.object, shadow);
+            if let Some(p) = fields.iter().find(|p| is_identity_field(p)) {
+                return Err(InputError::new(
+                    &ro.template,
+                    format!(
+                        "a value decrypted from an encrypted file decides the object's identity ({p}); names, kinds and namespaces must not be secret"
+                    ),
+                ));
+            }
+            if !fields.is_empty() {
+                secrets.insert(id.clone(), fields);
+            }
+        }
+    }
     let charts = dependency_order(&inputs.charts, &inputs.selected)?;
     let set = RenderedSet {
         objects,
         charts,
-        provenance: Provenance { objects: histories },
+        provenance: Provenance {
+            objects: histories,
+            secrets,
+        },
     };
-    Ok((inputs.cluster, set))
+    Ok(set)
 }
 
 fn duplicate(id: &ObjectId, template: &str, other: &str) -> InputError {
@@ -240,6 +451,7 @@ fn duplicate(id: &ObjectId, template: &str, other: &str) -> InputError {
 fn rekey(
     objects: BTreeMap<ObjectId, RenderedObject>,
     histories: &mut BTreeMap<ObjectId, FieldHistory>,
+    shadows: &mut BTreeMap<ObjectId, Value>,
 ) -> Result<BTreeMap<ObjectId, RenderedObject>, InputError> {
     let mut changed = false;
     for (id, ro) in &objects {
@@ -265,6 +477,11 @@ fn rekey(
             && let Some(h) = histories.remove(&id)
         {
             histories.insert(now.clone(), h);
+        }
+        if now != id
+            && let Some(sh) = shadows.remove(&id)
+        {
+            shadows.insert(now.clone(), sh);
         }
         if let Some(prev) = out.get(&now) {
             let prev: &RenderedObject = prev;

@@ -43,6 +43,7 @@ pub fn sample_cluster() -> Cluster {
             ssh: None,
         }],
         values: Default::default(),
+        values_files: Vec::new(),
     }
 }
 
@@ -61,7 +62,11 @@ pub fn sample_cluster_of(n: usize) -> Cluster {
 
 /// Lint the chart in `dir` (whose repository root is `root`). `Err` means unreadable input
 /// (no `Chart.yaml`); `Ok(problems)` lists what is wrong (empty when the chart is fine).
-pub fn lint_chart(root: &Path, dir: &Path) -> Result<Vec<InputError>, InputError> {
+pub fn lint_chart(
+    root: &Path,
+    dir: &Path,
+    keyring: &crate::sops::Keyring,
+) -> Result<Vec<InputError>, InputError> {
     let chart_yaml = dir.join("Chart.yaml");
     if !chart_yaml.is_file() {
         return Err(InputError::new(
@@ -75,12 +80,12 @@ pub fn lint_chart(root: &Path, dir: &Path) -> Result<Vec<InputError>, InputError
             format!("cannot read file: {e}"),
         )
     })?;
-    let chart = match load::load_chart(root, dir) {
+    let chart = match load::load_chart_with(root, dir, keyring) {
         Ok(c) => c,
         Err(e) => return Ok(vec![e]),
     };
     let mut problems = Vec::new();
-    let merged = super::merge_values(&[chart.default_layer()]);
+    let merged = super::merge_values(&chart.own_layers());
     if let Err(e) = validate_values(&chart, &merged) {
         problems.push(e);
     }

@@ -1,6 +1,6 @@
 //! Loading a chart directory from disk: metadata, values, schema, templates (compiled), files index.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,11 +9,23 @@ use serde_json::Value;
 use super::{CHART_API_VERSION, Chart, ChartMeta, TemplateFile, rel_path};
 use crate::diag::InputError;
 
+/// Encrypted chart defaults, merged after `values.yaml` (the first that exists).
+const SOPS_VALUES_FILES: [&str; 2] = ["values.sops.yaml", "values.sops.json"];
+
 /// Template file name endings rendered on their own.
 const RENDERED_EXTENSIONS: [&str; 4] = [".yaml", ".yml", ".yaml.j2", ".yaml.template"];
 
-/// Load every `charts/<name>/Chart.yaml` under `repo_root`, by name.
+/// Load every `charts/<name>/Chart.yaml` under `repo_root`, by name (no age identity: a chart
+/// with an encrypted file fails to load).
 pub fn load_charts(repo_root: &Path) -> Result<BTreeMap<String, Chart>, InputError> {
+    load_charts_with(repo_root, &crate::sops::Keyring::new(Default::default()))
+}
+
+/// [`load_charts`], decrypting sops files (values, manifests) with `keyring`.
+pub fn load_charts_with(
+    repo_root: &Path,
+    keyring: &crate::sops::Keyring,
+) -> Result<BTreeMap<String, Chart>, InputError> {
     let charts_dir = repo_root.join("charts");
     let mut out = BTreeMap::new();
     let entries = match std::fs::read_dir(&charts_dir) {
@@ -32,7 +44,7 @@ pub fn load_charts(repo_root: &Path) -> Result<BTreeMap<String, Chart>, InputErr
         .filter(|p| p.join("Chart.yaml").is_file())
         .collect();
     dirs.sort();
-    for chart in crate::par::map(&dirs, |dir| load_chart(repo_root, dir)) {
+    for chart in crate::par::map(&dirs, |dir| load_chart_with(repo_root, dir, keyring)) {
         let chart = chart?;
         out.insert(chart.meta.name.clone(), chart);
     }
@@ -108,21 +120,73 @@ pub fn load_meta(repo_root: &Path, dir: &Path) -> Result<ChartMeta, InputError> 
 
 /// Load the chart in `dir` (templates are compiled; syntax errors name the template and line).
 pub fn load_chart(repo_root: &Path, dir: &Path) -> Result<Chart, InputError> {
+    load_chart_with(
+        repo_root,
+        dir,
+        &crate::sops::Keyring::new(Default::default()),
+    )
+}
+
+/// A chart values file: its mapping and the pointers that were encrypted (sops files are decrypted).
+fn read_values(
+    path: &Path,
+    rel: &str,
+    keyring: &crate::sops::Keyring,
+) -> Result<(Value, BTreeSet<String>), InputError> {
+    let text = read_text(path, rel)?;
+    let (v, secret) = match crate::sops::decrypt_file(&text, rel, keyring)? {
+        Some(mut docs) if docs.len() == 1 => {
+            let d = docs.remove(0);
+            (d.value, d.secret)
+        }
+        Some(_) => {
+            return Err(InputError::new(
+                rel,
+                "a values file holds one YAML document",
+            ));
+        }
+        None => (
+            super::yaml::parse_yaml_document(&text, rel)?,
+            BTreeSet::new(),
+        ),
+    };
+    match v {
+        Value::Null => Ok((Value::Object(Default::default()), secret)),
+        Value::Object(_) => Ok((v, secret)),
+        _ => Err(InputError::new(rel, "a values file must be a mapping")),
+    }
+}
+
+/// [`load_chart`], decrypting sops files (`values.yaml`, `values.sops.yaml`, manifests) with `keyring`.
+pub fn load_chart_with(
+    repo_root: &Path,
+    dir: &Path,
+    keyring: &crate::sops::Keyring,
+) -> Result<Chart, InputError> {
     let rel_dir = rel_path(repo_root, dir);
     let meta = load_meta(repo_root, dir)?;
 
     let values_path = dir.join("values.yaml");
-    let values = if values_path.is_file() {
-        let rel = rel_path(repo_root, &values_path);
-        let v = super::yaml::parse_yaml_document(&read_text(&values_path, &rel)?, &rel)?;
-        match v {
-            Value::Null => Value::Object(Default::default()),
-            Value::Object(_) => v,
-            _ => return Err(InputError::new(rel, "values.yaml must be a mapping")),
-        }
+    let (values, values_secret) = if values_path.is_file() {
+        read_values(&values_path, &rel_path(repo_root, &values_path), keyring)?
     } else {
-        Value::Object(Default::default())
+        (Value::Object(Default::default()), BTreeSet::new())
     };
+    let mut sops_values = None;
+    for name in SOPS_VALUES_FILES {
+        let path = dir.join(name);
+        if path.is_file() {
+            let rel = rel_path(repo_root, &path);
+            let (values, secret) = read_values(&path, &rel, keyring)?;
+            sops_values = Some(super::ValueLayer {
+                file: rel,
+                key_prefix: String::new(),
+                values,
+                secret,
+            });
+            break;
+        }
+    }
 
     let schema_path = dir.join("values.schema.json");
     let schema = if schema_path.is_file() {
@@ -161,6 +225,19 @@ pub fn load_chart(repo_root: &Path, dir: &Path) -> Result<Chart, InputError> {
         let rendered = !name.contains('/')
             && !base.starts_with('_')
             && RENDERED_EXTENSIONS.iter().any(|e| base.ends_with(e));
+        // A manifest written by sops is decrypted here and never templated: its plaintext is
+        // final (a `{{` in a password must not be evaluated).
+        if let Some(docs) = crate::sops::decrypt_file(&source, &path, keyring)? {
+            templates.push(TemplateFile {
+                name,
+                path,
+                rendered,
+                static_text: None,
+                index: std::sync::OnceLock::new(),
+                decrypted: Some(Arc::new(docs)),
+            });
+            continue;
+        }
         // A rendered file without template syntax renders to itself: it is not compiled
         // (a chart of plain manifests costs no template memory), but stays includable.
         let static_text = (rendered && !has_template_syntax(&source)).then(|| {
@@ -179,6 +256,7 @@ pub fn load_chart(repo_root: &Path, dir: &Path) -> Result<Chart, InputError> {
             rendered,
             static_text,
             index: std::sync::OnceLock::new(),
+            decrypted: None,
         });
     }
     if !statics.is_empty() {
@@ -202,6 +280,8 @@ pub fn load_chart(repo_root: &Path, dir: &Path) -> Result<Chart, InputError> {
         rel_dir,
         meta,
         values,
+        values_secret,
+        sops_values,
         schema,
         templates,
         files,

@@ -22,9 +22,9 @@ use serde_json::Value;
 
 use crate::diag::InputError;
 
-pub use load::{load_chart, load_charts};
-pub use render::{RenderContext, RenderedDoc, render_chart};
-pub use values::{MergedValues, ValueLayer, merge_values, validate_values};
+pub use load::{load_chart, load_chart_with, load_charts, load_charts_with};
+pub use render::{RenderContext, RenderedDoc, render_chart, render_chart_shadow};
+pub use values::{MergedValues, ValueLayer, ValuesFile, merge_values, validate_values};
 pub use yaml::{parse_yaml_documents, to_yaml_string};
 
 /// The only `apiVersion` a `Chart.yaml` may have.
@@ -71,6 +71,8 @@ pub struct TemplateFile {
     pub(crate) static_text: Option<std::sync::Arc<str>>,
     /// The line index provenance uses, built on first use (plain renders never pay for it).
     pub(crate) index: std::sync::OnceLock<load::TemplateIndex>,
+    /// The documents of a manifest encrypted with sops (decrypted at load; never templated).
+    pub(crate) decrypted: Option<Arc<Vec<crate::sops::Decrypted>>>,
 }
 
 impl TemplateFile {
@@ -93,8 +95,12 @@ pub struct Chart {
     /// The chart directory relative to the repository root, e.g. `charts/zookeeper`.
     pub rel_dir: String,
     pub meta: ChartMeta,
-    /// `values.yaml` (an empty map when absent).
+    /// `values.yaml` (an empty map when absent; decrypted when it is a sops file).
     pub values: Value,
+    /// Pointers in `values` that were encrypted (when `values.yaml` is a sops file).
+    pub values_secret: std::collections::BTreeSet<String>,
+    /// `values.sops.yaml` (or `values.sops.json`): encrypted defaults merged after `values.yaml`.
+    pub sops_values: Option<ValueLayer>,
     /// `values.schema.json`, when present.
     pub schema: Option<Value>,
     /// Every file under `templates/`, sorted by name.
@@ -136,7 +142,15 @@ impl Chart {
             file: format!("{}/values.yaml", self.rel_dir),
             key_prefix: String::new(),
             values: self.values.clone(),
+            secret: self.values_secret.clone(),
         }
+    }
+
+    /// The chart's own layers: `values.yaml`, then `values.sops.yaml` when there is one.
+    pub fn own_layers(&self) -> Vec<ValueLayer> {
+        let mut layers = vec![self.default_layer()];
+        layers.extend(self.sops_values.clone());
+        layers
     }
 
     /// The `files/` directory of the chart.
@@ -164,7 +178,7 @@ pub(crate) fn rel_path(root: &Path, path: &Path) -> String {
 
 /// Merge helper used by callers that only have the chart: defaults + extra layers.
 pub fn merged_defaults(chart: &Chart, extra: &[ValueLayer]) -> MergedValues {
-    let mut layers = vec![chart.default_layer()];
+    let mut layers = chart.own_layers();
     layers.extend_from_slice(extra);
     merge_values(&layers)
 }

@@ -59,11 +59,15 @@ pub fn archive_bytes(dir: &Path, name: &str) -> Result<Vec<u8>, InputError> {
 }
 
 /// Write `<name>-<version>.tgz` for the chart in `dir` into `dest` and return its path and sha256.
-pub fn package_chart(dir: &Path, dest: &Path) -> Result<Package, InputError> {
+pub fn package_chart(
+    dir: &Path,
+    dest: &Path,
+    keyring: &crate::sops::Keyring,
+) -> Result<Package, InputError> {
     let root = dir.parent().and_then(Path::parent).unwrap_or(dir);
     let meta = super::load::load_meta(root, dir)?;
     // A chart that does not load (bad templates, values, schema) is not packaged.
-    super::load::load_chart(root, dir)?;
+    super::load::load_chart_with(root, dir, keyring)?;
     let bytes = archive_bytes(dir, &meta.name)?;
     std::fs::create_dir_all(dest)
         .map_err(|e| InputError::new(dest, format!("cannot create directory: {e}")))?;

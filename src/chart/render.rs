@@ -33,6 +33,8 @@ pub struct RenderedDoc {
     pub object: Value,
     /// JSON pointer of every leaf -> what produced it.
     pub origins: BTreeMap<String, Origin>,
+    /// Pointers of the values decrypted from a sops manifest (empty for templates).
+    pub secret: std::collections::BTreeSet<String>,
 }
 
 /// Kinds that are never namespaced (plus any kind a CRD in the same chart declares `Cluster`-scoped).
@@ -154,6 +156,25 @@ pub fn render_chart(
     values: &MergedValues,
     ctx: &RenderContext,
 ) -> Result<Vec<RenderedDoc>, InputError> {
+    render_docs(chart, values, ctx, false)
+}
+
+/// [`render_chart`] with every decrypted value of an encrypted manifest replaced by its
+/// placeholder (`crate::mask::placeholder`): the shadow render that finds which fields are secret.
+pub fn render_chart_shadow(
+    chart: &Chart,
+    values: &MergedValues,
+    ctx: &RenderContext,
+) -> Result<Vec<RenderedDoc>, InputError> {
+    render_docs(chart, values, ctx, true)
+}
+
+fn render_docs(
+    chart: &Chart,
+    values: &MergedValues,
+    ctx: &RenderContext,
+    shadow: bool,
+) -> Result<Vec<RenderedDoc>, InputError> {
     let context_map = build_context(chart, values, ctx);
     // Provenance evaluates the templates' top-level conditions with the same context.
     let eval_context = ctx.record_origins.then(|| context_map.clone());
@@ -164,8 +185,25 @@ pub fn render_chart(
         .and_then(Value::as_str)
         .unwrap_or("default")
         .to_string();
-    let mut raw: Vec<(&TemplateFile, usize, Value)> = Vec::new();
+    let no_secret = std::collections::BTreeSet::new();
+    let mut raw: Vec<(
+        &TemplateFile,
+        usize,
+        Value,
+        &std::collections::BTreeSet<String>,
+    )> = Vec::new();
     for t in chart.rendered_templates() {
+        if let Some(docs) = &t.decrypted {
+            for (i, d) in docs.iter().filter(|d| !d.value.is_null()).enumerate() {
+                let object = if shadow {
+                    crate::mask::substitute(&d.value, &d.secret)
+                } else {
+                    d.value.clone()
+                };
+                raw.push((t, i, object, &d.secret));
+            }
+            continue;
+        }
         let rendered;
         let text: &str = match &t.static_text {
             Some(s) => super::load::static_output(s),
@@ -191,14 +229,14 @@ pub fn render_chart(
             e.object(format!("chart {}", chart.meta.name))
         })?;
         for (i, d) in docs.into_iter().enumerate() {
-            raw.push((t, i, d));
+            raw.push((t, i, d, &no_secret));
         }
     }
 
     // Kinds a CRD of this chart declares cluster-scoped.
     let mut cluster_kinds: HashSet<String> =
         CLUSTER_SCOPED_KINDS.iter().map(|s| s.to_string()).collect();
-    for (_, _, d) in &raw {
+    for (_, _, d, _) in &raw {
         if d.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition")
             && d.pointer("/spec/scope").and_then(Value::as_str) == Some("Cluster")
             && let Some(k) = d.pointer("/spec/names/kind").and_then(Value::as_str)
@@ -213,7 +251,7 @@ pub fn render_chart(
     let mut out = Vec::with_capacity(raw.len());
     let mut kind_seen: HashMap<(&str, String), usize> = HashMap::new();
     let mut liveness: HashMap<&str, Liveness> = HashMap::new();
-    for (t, i, mut obj) in raw {
+    for (t, i, mut obj, secret) in raw {
         let id = crate::manifest::ObjectId::of(&obj).map_err(|e| {
             InputError::new(
                 &t.path,
@@ -297,6 +335,7 @@ pub fn render_chart(
             template: t.path.clone(),
             object: obj,
             origins,
+            secret: secret.clone(),
         });
     }
     Ok(out)
@@ -390,7 +429,7 @@ fn same_value(leaf: &Value, v: &Value) -> bool {
     leaf == v || (scalar_key(leaf).is_some() && scalar_key(leaf) == scalar_key(v))
 }
 
-fn pointer_to_dotted(p: &str) -> String {
+pub(crate) fn pointer_to_dotted(p: &str) -> String {
     p.trim_start_matches('/')
         .split('/')
         .map(|s| s.replace("~1", "/").replace("~0", "~"))

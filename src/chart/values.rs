@@ -1,6 +1,7 @@
 //! Values layering (chart defaults, overlays, cluster file) and validation against the chart's schema.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use serde_json::{Map, Value};
 
@@ -15,6 +16,8 @@ pub struct ValueLayer {
     /// Where in `file` the values live, e.g. `values.zookeeper` (empty for a whole values.yaml).
     pub key_prefix: String,
     pub values: Value,
+    /// JSON pointers (in `values`) of the values that were decrypted from a sops file.
+    pub secret: BTreeSet<String>,
 }
 
 /// The merged values of one chart, and which layer file set each node.
@@ -23,6 +26,8 @@ pub struct MergedValues {
     pub values: Value,
     /// JSON pointer in `values` (every node, maps included) -> file of the last layer that set it.
     pub origin: BTreeMap<String, String>,
+    /// JSON pointers of the merged leaves whose value was decrypted from a sops file.
+    pub secret: BTreeSet<String>,
 }
 
 impl MergedValues {
@@ -59,6 +64,7 @@ pub fn merge_values(layers: &[ValueLayer]) -> MergedValues {
     let mut merged = MergedValues {
         values: Value::Object(Map::new()),
         origin: BTreeMap::new(),
+        secret: BTreeSet::new(),
     };
     for (i, layer) in layers.iter().enumerate() {
         if i == 0 {
@@ -79,7 +85,98 @@ pub fn merge_values(layers: &[ValueLayer]) -> MergedValues {
             &mut merged.origin,
         );
     }
+    // A decrypted leaf stays secret while the layer that set it is still the one the merge kept.
+    for layer in layers.iter().filter(|l| !l.secret.is_empty()) {
+        for p in &layer.secret {
+            if merged.origin.get(p) == Some(&layer.file) && merged.values.pointer(p).is_some() {
+                merged.secret.insert(p.clone());
+            }
+        }
+    }
     merged
+}
+
+/// A values file outside a chart (a cluster's or an overlay's `valuesFiles` entry): values per
+/// chart (`"*"` = every chart), possibly decrypted from a sops file.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ValuesFile {
+    /// Repository-relative path.
+    pub file: String,
+    /// Chart name (or `"*"`) -> values.
+    pub charts: BTreeMap<String, Value>,
+    /// Pointers (`/<chart>/key/...`) of the values that were encrypted in the file.
+    pub secret: BTreeSet<String>,
+}
+
+impl ValuesFile {
+    /// Read `rel` (repository-relative; decrypted when it is a sops file) as a map chart -> values.
+    /// `from` names the file that refers to it, for a missing file.
+    pub fn read(
+        repo_root: &Path,
+        rel: &str,
+        keyring: &crate::sops::Keyring,
+        from: &str,
+        place: &str,
+    ) -> Result<ValuesFile, InputError> {
+        let text = std::fs::read_to_string(repo_root.join(rel)).map_err(|e| {
+            InputError::new(from, format!("cannot read values file {rel}: {e}")).place(place)
+        })?;
+        let (value, secret) = match crate::sops::decrypt_file(&text, rel, keyring)? {
+            Some(mut docs) if docs.len() == 1 => {
+                let d = docs.remove(0);
+                (d.value, d.secret)
+            }
+            Some(_) => {
+                return Err(InputError::new(
+                    rel,
+                    "a values file holds one YAML document",
+                ));
+            }
+            None => (
+                super::yaml::parse_yaml_document(&text, rel)?,
+                BTreeSet::new(),
+            ),
+        };
+        let charts = match value {
+            Value::Null => BTreeMap::new(),
+            Value::Object(m) => m.into_iter().collect(),
+            _ => {
+                return Err(InputError::new(
+                    rel,
+                    "a values file is a mapping of chart names to values",
+                ));
+            }
+        };
+        Ok(ValuesFile {
+            file: rel.to_string(),
+            charts,
+            secret,
+        })
+    }
+
+    /// The layers of this file for `chart`: `"*"` then the chart's own key.
+    pub fn layers(&self, chart: &str) -> Vec<ValueLayer> {
+        ["*", chart]
+            .into_iter()
+            .filter_map(|key| {
+                let values = self.charts.get(key)?;
+                let prefix = format!("/{}", escape_segment(key));
+                let secret = self
+                    .secret
+                    .iter()
+                    .filter_map(|p| p.strip_prefix(&prefix))
+                    .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+                    .map(str::to_string)
+                    .collect();
+                Some(ValueLayer {
+                    file: self.file.clone(),
+                    key_prefix: key.to_string(),
+                    values: values.clone(),
+                    secret,
+                })
+            })
+            .collect()
+    }
 }
 
 fn record_origin(v: &Value, ptr: &mut String, file: &str, origin: &mut BTreeMap<String, String>) {
@@ -205,7 +302,13 @@ pub fn validate_values(chart: &Chart, merged: &MergedValues) -> Result<(), Input
         return Ok(());
     }
     errors.sort();
-    let (pointer, message) = errors.swap_remove(0);
+    let (pointer, mut message) = errors.swap_remove(0);
+    // The validator quotes the offending value: never a decrypted one.
+    if crate::mask::touches(&pointer, &merged.secret) {
+        message =
+            "the value (decrypted from an encrypted file, not shown) does not match the schema"
+                .into();
+    }
     let layer = merged
         .origin_of(&pointer)
         .unwrap_or(&schema_file)
@@ -278,6 +381,7 @@ mod tests {
             file: file.into(),
             key_prefix: String::new(),
             values: v,
+            secret: BTreeSet::new(),
         }
     }
 
@@ -306,6 +410,38 @@ mod tests {
             m.origin_of("/a/y/0/deeper"),
             Some("overlays/o/overlay.yaml")
         );
+    }
+
+    #[test]
+    fn a_decrypted_value_stays_secret_until_a_later_layer_replaces_it() {
+        let mut enc = layer(
+            "clusters/s.sops.yaml",
+            json!({"pw": "x", "db": {"pw": "y"}, "list": ["a"]}),
+        );
+        enc.secret = ["/pw", "/db/pw", "/list/0"].map(String::from).into();
+        let m = merge_values(&[layer("v", json!({"pw": "default"})), enc.clone()]);
+        assert_eq!(m.secret, enc.secret);
+        let later = layer("o", json!({"db": {"pw": "plain"}, "list": ["b"]}));
+        let m = merge_values(&[layer("v", json!({})), enc, later]);
+        assert_eq!(m.secret.into_iter().collect::<Vec<_>>(), ["/pw"]);
+    }
+
+    #[test]
+    fn values_file_layers_are_rerooted_per_chart() {
+        let f = ValuesFile {
+            file: "c.sops.yaml".into(),
+            charts: [
+                ("*".to_string(), json!({"a": 1})),
+                ("web".to_string(), json!({"pw": "x"})),
+            ]
+            .into(),
+            secret: ["/web/pw", "/*/a"].map(String::from).into(),
+        };
+        let layers = f.layers("web");
+        assert_eq!(layers.len(), 2);
+        assert_eq!(layers[0].secret.iter().collect::<Vec<_>>(), ["/a"]);
+        assert_eq!(layers[1].secret.iter().collect::<Vec<_>>(), ["/pw"]);
+        assert!(f.layers("other")[0].key_prefix == "*");
     }
 
     #[test]

@@ -175,7 +175,7 @@ fn diff_inner(args: DiffArgs) -> anyhow::Result<ExitCode> {
         },
         ..Default::default()
     };
-    let (report, found) = runtime()?.block_on(async {
+    let (mut report, found) = runtime()?.block_on(async {
         let (server, located, plan) =
             connect_and_plan(args.cluster.kubeconfig.as_deref(), &cluster, &set).await?;
         let report = apply::apply(
@@ -188,6 +188,8 @@ fn diff_inner(args: DiffArgs) -> anyhow::Result<ExitCode> {
         .await?;
         anyhow::Ok((report, located.found))
     })?;
+    // Fields computed from decrypted values (Secret data is masked by the diff itself).
+    crate::mask::mask_report(&mut report, &set.provenance.secrets);
     if args.output == ReportFormat::Json {
         write_out(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {

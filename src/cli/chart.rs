@@ -16,12 +16,22 @@ pub enum ChartCommand {
         /// Directory to write `<name>-<version>.tgz` into.
         #[arg(long, short = 'd', default_value = ".")]
         destination: PathBuf,
+        /// age identity for the chart's sops files (checked before packaging; packaged encrypted).
+        #[arg(long, value_name = "FILE", env = "SOPS_AGE_KEY_FILE")]
+        age_key_file: Option<PathBuf>,
     },
     /// Check one chart: Chart.yaml, values against the schema, templates render (exit 1 on problems).
     Lint {
         /// Chart directory.
         dir: PathBuf,
+        /// age identity for the chart's sops files (`values.sops.yaml`, encrypted manifests).
+        #[arg(long, value_name = "FILE", env = "SOPS_AGE_KEY_FILE")]
+        age_key_file: Option<PathBuf>,
     },
+}
+
+fn keyring(file: Option<PathBuf>) -> crate::sops::Keyring {
+    crate::sops::Keyring::new(file.map_or(crate::sops::AgeKeys::None, crate::sops::AgeKeys::File))
 }
 
 /// The root that file names in messages are relative to: `<root>` for a chart in `<root>/charts/<name>`
@@ -42,18 +52,22 @@ fn repo_root_of(abs: &Path) -> PathBuf {
 
 pub fn run(cmd: ChartCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        ChartCommand::Package { dir, destination } => {
+        ChartCommand::Package {
+            dir,
+            destination,
+            age_key_file,
+        } => {
             let dir = std::path::absolute(&dir)
                 .with_context(|| format!("cannot resolve {}", dir.display()))?;
-            let pkg = package_chart(&dir, &destination)?;
+            let pkg = package_chart(&dir, &destination, &keyring(age_key_file))?;
             println!("{}  sha256:{}", pkg.path.display(), pkg.sha256);
             Ok(ExitCode::SUCCESS)
         }
-        ChartCommand::Lint { dir } => {
+        ChartCommand::Lint { dir, age_key_file } => {
             let abs = std::path::absolute(&dir)
                 .with_context(|| format!("cannot resolve {}", dir.display()))?;
             let root = repo_root_of(&abs);
-            let problems = lint_chart(&root, &abs)?;
+            let problems = lint_chart(&root, &abs, &keyring(age_key_file))?;
             if problems.is_empty() {
                 println!("{}: ok", dir.display());
                 return Ok(ExitCode::SUCCESS);

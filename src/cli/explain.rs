@@ -9,7 +9,7 @@ use super::{Output, RepoArgs, UsageError};
 use crate::chart::ValueLayer;
 use crate::manifest::{ObjectId, RenderedSet};
 use crate::provenance::{FieldHistory, Origin, Step};
-use crate::render::{load_inputs, render};
+use crate::render::{ProvenanceMode, load_inputs, render_inputs};
 
 #[derive(clap::Args, Debug)]
 pub struct ExplainArgs {
@@ -43,7 +43,8 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    let (_, set) = render(&args.repo.request())?;
+    let inputs = load_inputs(&args.repo.request())?;
+    let set = render_inputs(&inputs, None, ProvenanceMode::Record)?;
     let id = find_object(&set, &args.object)?;
     let obj = &set.objects[&id].object;
     let empty = FieldHistory::default();
@@ -53,17 +54,19 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         return Err(UsageError(format!("{id} has no field at {pointer}")).into());
     }
     // The value layers of the object's chart, to show every layer that set a values key.
-    let inputs = load_inputs(&args.repo.request())?;
     let layers = inputs
         .charts
         .get(&set.objects[&id].chart)
         .map(|c| inputs.value_layers(c))
         .unwrap_or_default();
+    let secrets = crate::mask::secret_pointers(obj, set.provenance.secrets.get(&id));
+    let secret_ops = secret_ops(&inputs.overlays);
     let fields: Vec<FieldExplanation> = pointers
         .into_iter()
-        .map(|p| FieldExplanation {
-            steps: expand_value_layers(history.chain(obj, &p), &layers),
-            pointer: p,
+        .map(|p| {
+            let mut steps = expand_value_layers(history.chain(obj, &p), &layers);
+            mask_steps(&mut steps, &p, &secrets, &secret_ops);
+            FieldExplanation { steps, pointer: p }
         })
         .collect();
     match args.output {
@@ -269,6 +272,44 @@ pub fn describe(steps: &[Step]) -> String {
     }
 }
 
+/// `(file, patch, op)` of every overlay op whose value was decrypted from a sops patch file.
+fn secret_ops(overlays: &[crate::overlay::LoadedOverlay]) -> Vec<(String, usize, usize)> {
+    let mut out = Vec::new();
+    for o in overlays {
+        for p in &o.patches {
+            for (oi, op) in p.ops.iter().enumerate() {
+                if op.shadow.is_some() {
+                    out.push((op.file.clone(), p.index, oi));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Hide step values that are secret: every step of a secret field (or one holding a secret),
+/// and any step whose value came from an encrypted file or op. Origins stay: they name the
+/// encrypted file and key.
+fn mask_steps(
+    steps: &mut [Step],
+    pointer: &str,
+    secrets: &std::collections::BTreeSet<String>,
+    secret_ops: &[(String, usize, usize)],
+) {
+    let field_secret = crate::mask::touches(pointer, secrets);
+    for s in steps {
+        let from_secret_op = matches!(&s.origin, Origin::Overlay { file, patch, op, .. }
+            if secret_ops.iter().any(|(f, p, o)| f == file && p == patch && o == op));
+        if let Some(v) = &s.value {
+            if from_secret_op {
+                s.value = Some(Value::String(crate::mask::MASK.into()));
+            } else if field_secret {
+                s.value = Some(crate::mask::mask_value(v, pointer, secrets));
+            }
+        }
+    }
+}
+
 /// Replace a `values` step by one step per value layer that set that key (chart values.yaml,
 /// overlays, cluster file), oldest first, when the layers agree with the recorded step.
 pub fn expand_value_layers(steps: Vec<Step>, layers: &[ValueLayer]) -> Vec<Step> {
@@ -288,7 +329,7 @@ pub fn expand_value_layers(steps: Vec<Step>, layers: &[ValueLayer]) -> Vec<Step>
             .split('.')
             .map(|k| format!("/{}", k.replace('~', "~0").replace('/', "~1")))
             .collect();
-        let set_by: Vec<Step> = layers
+        let mut set_by: Vec<Step> = layers
             .iter()
             .filter_map(|l| {
                 let v = l.values.pointer(&ptr).filter(|v| !v.is_null())?;
@@ -308,6 +349,18 @@ pub fn expand_value_layers(steps: Vec<Step>, layers: &[ValueLayer]) -> Vec<Step>
                 && last.value.as_ref().map(scalar_text) == step.value.as_ref().map(scalar_text)
         });
         if agrees && set_by.len() > 1 {
+            // A value decrypted from a layer's sops file never shows.
+            for (s, l) in set_by.iter_mut().zip(
+                layers
+                    .iter()
+                    .filter(|l| l.values.pointer(&ptr).is_some_and(|v| !v.is_null())),
+            ) {
+                if crate::mask::touches(&ptr, &l.secret)
+                    && let Some(v) = &s.value
+                {
+                    s.value = Some(crate::mask::mask_value(v, &ptr, &l.secret));
+                }
+            }
             out.extend(set_by);
         } else {
             out.push(step);

@@ -20,6 +20,10 @@ pub struct InitArgs {
     /// Cluster name (default: the output file's stem, else `pai`, paictl's default cluster-id).
     #[arg(long)]
     pub name: Option<String>,
+    /// Also write `.sops.yaml` (here, the repository root) encrypting `*.sops.yaml` files to this
+    /// age public key (repeatable); see docs/secrets.md. An existing `.sops.yaml` is kept.
+    #[arg(long, value_name = "AGE1...")]
+    pub sops_age_recipient: Vec<String>,
 }
 
 pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
@@ -47,6 +51,9 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
                 .map(|s| s.to_string_lossy().into_owned())
         })
         .unwrap_or_else(|| "pai".into());
+    let sops_config = (!args.sops_age_recipient.is_empty())
+        .then(|| crate::init::sops_config(&args.sops_age_recipient))
+        .transpose()?;
     let out = crate::init::convert(&text, &shown, &name)?;
     for w in &out.warnings {
         eprintln!("warning: {w}");
@@ -60,6 +67,17 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
             eprintln!("wrote {} (fill in each machine's capacity)", path.display());
         }
         None => print!("{}", out.yaml),
+    }
+    if let Some(config) = sops_config {
+        let path = std::path::Path::new(".sops.yaml");
+        if path.exists() {
+            eprintln!("kept the existing .sops.yaml (not overwritten)");
+        } else {
+            std::fs::write(path, config)?;
+            eprintln!(
+                "wrote .sops.yaml: encrypt secrets with `sops -e -i clusters/{name}.secrets.sops.yaml`, then list it in the cluster file's valuesFiles (docs/secrets.md)"
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

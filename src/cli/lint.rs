@@ -46,9 +46,10 @@ fn names_in(dir: &Path, want_dir: bool, ext: Option<&str>) -> Vec<String> {
 /// Lint the repository at `root` with `cluster_file` (the cluster whose overlays charts are checked with).
 pub fn lint(root: &Path, req: &RenderRequest) -> LintReport {
     let mut r = LintReport::default();
+    let keyring = crate::sops::Keyring::new(req.age_keys.clone());
     // Every chart passes `chart lint`.
     for c in names_in(&root.join("charts"), true, None) {
-        match crate::chart::lint::lint_chart(root, &root.join("charts").join(&c)) {
+        match crate::chart::lint::lint_chart(root, &root.join("charts").join(&c), &keyring) {
             Ok(p) => r.problems.extend(p),
             Err(e) => r.problems.push(e),
         }
@@ -62,7 +63,7 @@ pub fn lint(root: &Path, req: &RenderRequest) -> LintReport {
                 .push(format!("overlays/{o}: no overlay.yaml, not an overlay"));
             continue;
         }
-        if let Err(e) = overlay::resolve(root, std::slice::from_ref(o), "overlays") {
+        if let Err(e) = overlay::resolve_with(root, std::slice::from_ref(o), "overlays", &keyring) {
             r.problems.push(e);
         }
     }
@@ -82,8 +83,10 @@ pub fn lint(root: &Path, req: &RenderRequest) -> LintReport {
     // the overlays they use.
     let mut used = BTreeSet::new();
     let mut requests: Vec<(String, RenderRequest)> =
+        // `*.sops.yaml` beside the cluster files are their encrypted values files, not clusters.
         names_in(&root.join("clusters"), false, Some(".yaml"))
             .into_iter()
+            .filter(|f| !crate::sops::sops_named(f))
             .map(|f| {
                 let rel = format!("clusters/{f}");
                 let creq = RenderRequest {
@@ -91,6 +94,7 @@ pub fn lint(root: &Path, req: &RenderRequest) -> LintReport {
                     cluster_file: rel.clone().into(),
                     overlays: None,
                     revision: None,
+                    age_keys: req.age_keys.clone(),
                 };
                 (rel, creq)
             })
@@ -125,7 +129,7 @@ pub fn lint(root: &Path, req: &RenderRequest) -> LintReport {
             r.problems.push(no_overlays(&rel));
         }
         if rel.starts_with("clusters/")
-            && let Ok(list) = overlay::resolve(root, &c.overlays, &rel)
+            && let Ok(list) = overlay::resolve_with(root, &c.overlays, &rel, &keyring)
         {
             used.extend(list.into_iter().map(|o| o.name));
         }

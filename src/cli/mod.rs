@@ -65,6 +65,10 @@ pub struct RepoArgs {
     /// Overlay to apply (repeatable, in order); replaces the cluster file's `overlays` list.
     #[arg(long = "overlay", value_name = "NAME")]
     pub overlays: Vec<String>,
+    /// age identity file for SOPS-encrypted files (as sops: `SOPS_AGE_KEY_FILE`; `SOPS_AGE_KEY`
+    /// holds the key text instead). Read only when the render meets an encrypted file.
+    #[arg(long, value_name = "FILE", env = "SOPS_AGE_KEY_FILE")]
+    pub age_key_file: Option<PathBuf>,
 }
 
 /// Output format of a report (`budget`, `explain`, `status`): a table for people, JSON or YAML for programs.

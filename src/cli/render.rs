@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use super::RepoArgs;
 use crate::render::{ProvenanceMode, RenderRequest, render_with, to_json, write_yaml_stream};
+use crate::sops::AgeKeys;
 
 #[derive(clap::Args, Debug)]
 pub struct RenderArgs {
@@ -13,6 +14,9 @@ pub struct RenderArgs {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = ManifestFormat::Yaml)]
     pub output: ManifestFormat,
+    /// Print Secret data and values decrypted from SOPS files as they are (masked by default).
+    #[arg(long)]
+    pub show_secrets: bool,
 }
 
 /// How manifests are printed: a YAML stream or one JSON list (no table: a manifest is data).
@@ -34,13 +38,33 @@ impl RepoArgs {
                 Some(self.overlays.clone())
             },
             revision: None,
+            age_keys: match &self.age_key_file {
+                Some(f) => AgeKeys::File(f.clone()),
+                None => match std::env::var("SOPS_AGE_KEY") {
+                    Ok(text) if !text.trim().is_empty() => {
+                        AgeKeys::Inline(zeroize::Zeroizing::new(text))
+                    }
+                    _ => AgeKeys::None,
+                },
+            },
         }
     }
 }
 
 pub fn run(args: RenderArgs) -> anyhow::Result<ExitCode> {
     // Printing manifests needs no field provenance (`pailot explain` records it).
-    let (_, set) = render_with(&args.repo.request(), ProvenanceMode::Skip)?;
+    let (_, mut set) = render_with(&args.repo.request(), ProvenanceMode::Skip)?;
+    if !args.show_secrets {
+        let mut hidden = 0;
+        for (id, ro) in set.objects.iter_mut() {
+            hidden += crate::mask::mask_object(&mut ro.object, set.provenance.secrets.get(id));
+        }
+        if hidden > 0 {
+            eprintln!(
+                "note: {hidden} secret value(s) masked (Secret data, values decrypted from encrypted files); --show-secrets prints them"
+            );
+        }
+    }
     let json = (args.output == ManifestFormat::Json).then(|| to_json(&set));
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let written = match &json {

@@ -67,6 +67,9 @@ pub struct RawConfig {
     /// control-plane certificates are read for `pailot_certificate_expiry_timestamp_seconds`.
     #[serde(default)]
     pub host_root: Option<PathBuf>,
+    /// Keys for SOPS-encrypted files in the repository.
+    #[serde(default)]
+    pub decryption: RawDecryption,
 }
 
 /// `history:` — how much of the reconcile history is kept.
@@ -88,6 +91,45 @@ pub struct RawHelpers {
     /// Memory limit of one helper, a Kubernetes quantity, e.g. `1Gi` (default `1Gi`).
     #[serde(default)]
     pub memory: Option<String>,
+}
+
+/// `decryption:` — the age identity for SOPS-encrypted files (docs/secrets.md).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawDecryption {
+    /// age identity file (`age-keygen` output). Under systemd, `$CREDENTIALS_DIRECTORY/age-key`
+    /// (the unit's `LoadCredential=age-key:…`); `$CREDENTIALS_DIRECTORY` at its start is expanded.
+    /// It must not be readable by other users.
+    #[serde(default)]
+    pub age_key_file: Option<String>,
+}
+
+/// Validated decryption settings: only the key file's path (helper processes read the key).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DecryptionConfig {
+    pub age_key_file: Option<PathBuf>,
+}
+
+impl DecryptionConfig {
+    /// The identities a render uses.
+    pub fn age_keys(&self) -> crate::sops::AgeKeys {
+        self.age_key_file
+            .clone()
+            .map_or(crate::sops::AgeKeys::None, crate::sops::AgeKeys::File)
+    }
+}
+
+/// `$CREDENTIALS_DIRECTORY` (or `${CREDENTIALS_DIRECTORY}`) at the start of `p`, from `env`.
+fn expand_credentials(p: &str, env: Option<&str>) -> Result<PathBuf, String> {
+    for var in ["${CREDENTIALS_DIRECTORY}", "$CREDENTIALS_DIRECTORY"] {
+        if let Some(rest) = p.strip_prefix(var) {
+            let dir = env.filter(|d| !d.is_empty()).ok_or_else(|| {
+                format!("{p} refers to $CREDENTIALS_DIRECTORY, which is not set (run the daemon from its systemd unit, whose LoadCredential= sets it)")
+            })?;
+            return Ok(PathBuf::from(format!("{dir}{rest}")));
+        }
+    }
+    Ok(PathBuf::from(p))
 }
 
 /// `source:` — where the deployment repository is.
@@ -391,6 +433,7 @@ pub struct Config {
     pub history_limit: usize,
     /// Root of the host file system bootstrap wrote to.
     pub host_root: PathBuf,
+    pub decryption: DecryptionConfig,
 }
 
 /// Default listen address: loopback only.
@@ -645,6 +688,33 @@ impl Config {
                 "must be at least 64Mi (a helper needs that much to start)".into(),
             ));
         }
+        // decryption: the key file must exist and be private to the daemon's user.
+        let age_key_file = match &raw.decryption.age_key_file {
+            None => None,
+            Some(p) => {
+                let place = "decryption.ageKeyFile";
+                let expanded =
+                    expand_credentials(p, std::env::var("CREDENTIALS_DIRECTORY").ok().as_deref())
+                        .map_err(|m| err(place, m))?;
+                let full = must_exist(place, &expanded)?;
+                let mode = std::os::unix::fs::PermissionsExt::mode(
+                    &std::fs::metadata(&full)
+                        .map_err(|e| err(place, format!("failed to read {}: {e}", full.display())))?
+                        .permissions(),
+                );
+                if mode & 0o004 != 0 {
+                    return Err(err(
+                        place,
+                        format!(
+                            "{} is readable by every user (mode {:o}): chmod 600 it, or give it to the daemon with systemd LoadCredential=",
+                            full.display(),
+                            mode & 0o777
+                        ),
+                    ));
+                }
+                Some(full)
+            }
+        };
 
         Ok(Config {
             file: file.to_path_buf(),
@@ -677,6 +747,7 @@ impl Config {
                 Some(n) => n,
                 None => crate::history::DEFAULT_LIMIT,
             },
+            decryption: DecryptionConfig { age_key_file },
         })
     }
 

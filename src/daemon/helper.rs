@@ -346,6 +346,7 @@ mod tests {
                 cluster_file: "clusters/none.yaml".into(),
                 overlays: None,
                 revision: None,
+                age_keys: Default::default(),
             }),
             Limits::default(),
         )

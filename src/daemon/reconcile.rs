@@ -248,6 +248,8 @@ struct Applied {
     revision: Revision,
     plan: FrozenPlan,
     inventory: Inventory,
+    /// Fields whose value was decrypted from a sops file (masked in drift records and logs).
+    secrets: Arc<crate::mask::SecretFields>,
 }
 
 /// What one apply is for.
@@ -268,6 +270,7 @@ struct ApplyJob {
     charts: Vec<crate::manifest::ChartInfo>,
     inventory: Inventory,
     kind: ApplyKind,
+    secrets: Arc<crate::mask::SecretFields>,
 }
 
 /// What ends a render before it finishes.
@@ -691,7 +694,7 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
 
     async fn rendering(&self, mem: &mut Memory, revision: Revision) -> State {
         mem.cycle.revision = Some(revision.clone());
-        let rendered = match self.renderer.render(&revision).await {
+        let mut rendered = match self.renderer.render(&revision).await {
             Ok(r) => r,
             Err(e) => return self.fail(mem, e),
         };
@@ -737,12 +740,14 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
                 })
                 .collect();
         });
+        let secrets = Arc::new(std::mem::take(&mut rendered.set.provenance.secrets));
         State::Applying(ApplyJob {
             revision,
             plan: Arc::new(plan),
             charts: rendered.set.charts,
             inventory,
             kind: ApplyKind::Commit,
+            secrets,
         })
     }
 
@@ -981,6 +986,7 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
                         failed: failure,
                         from: job.revision.commit,
                     },
+                    secrets: h.secrets.clone(),
                 })
             }
             _ => self.fail(mem, failure),
@@ -994,6 +1000,7 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             plan: FrozenPlan::freeze(&job.plan, &job.charts),
             revision: job.revision.clone(),
             inventory: job.inventory.clone(),
+            secrets: job.secrets.clone(),
         });
         if ready.values().all(|r| *r) {
             mem.healthy = Some(applied.clone());
@@ -1146,7 +1153,7 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             return State::Idle;
         };
         let plan = applied.plan.thaw();
-        let report = match self.applier.drift(&plan, &applied.inventory).await {
+        let mut report = match self.applier.drift(&plan, &applied.inventory).await {
             Ok(r) => r,
             Err(e) => {
                 self.metrics.count_failure(Stage::Drift, e.reason);
@@ -1159,6 +1166,8 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
                 return State::Idle;
             }
         };
+        // Fields decrypted from sops files are masked before anything is recorded or logged.
+        crate::mask::mask_report(&mut report, &applied.secrets);
         let mut records = super::drift::records(&report, &plan);
         let fields = super::drift::provenance_wanted(&records);
         if !fields.is_empty() {
@@ -1257,6 +1266,7 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             charts: applied.plan.charts.clone(),
             inventory: applied.inventory.clone(),
             kind: ApplyKind::DriftFix,
+            secrets: applied.secrets.clone(),
         })
     }
 

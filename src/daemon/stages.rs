@@ -80,6 +80,7 @@ impl RepoRenderer {
                 cluster_file: PathBuf::from(&c.source.cluster),
                 overlays: c.source.overlays.clone(),
                 revision: Some(revision.commit.clone()),
+                age_keys: c.decryption.age_keys(),
             },
             c.helpers,
         )

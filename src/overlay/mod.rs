@@ -48,6 +48,10 @@ pub struct Overlay {
     /// Values per chart (`"*"` = every chart), merged after the chart's values.yaml.
     #[serde(default)]
     pub values: BTreeMap<String, Value>,
+    /// Files beside the overlay with more values per chart, merged after `values`, in order;
+    /// a file may be encrypted with sops (`secrets.sops.yaml`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_files: Vec<String>,
     /// JSON patches applied, in order, to the rendered objects.
     #[serde(default)]
     pub patches: Vec<Patch>,
@@ -165,6 +169,8 @@ pub struct LoadedOverlay {
     pub file: String,
     pub overlay: Overlay,
     pub patches: Vec<LoadedPatch>,
+    /// The `valuesFiles`, read (and decrypted) in order.
+    pub values_files: Vec<crate::chart::ValuesFile>,
 }
 
 /// One compiled patch.
@@ -189,6 +195,9 @@ pub struct LoadedOp {
     pub file: String,
     pub line: Option<usize>,
     pub origin: Arc<Origin>,
+    /// For an op whose value was decrypted from a sops patch file: the op with placeholders
+    /// instead, which the shadow render applies (`crate::mask`).
+    pub shadow: Option<PatchOperation>,
 }
 
 /// Lines of patches and ops, read in a second, lenient pass over the same text.
@@ -288,6 +297,42 @@ pub fn overlay_file(name: &str) -> String {
 
 /// Read and compile `overlays/<name>/overlay.yaml` (not its `extends`).
 pub fn load_overlay(repo_root: &Path, name: &str) -> Result<LoadedOverlay, InputError> {
+    load_overlay_with(
+        repo_root,
+        name,
+        &crate::sops::Keyring::new(Default::default()),
+    )
+}
+
+/// A path written in overlay `name` (`file` of a patch, a `valuesFiles` entry): inside its directory.
+fn overlay_relative(
+    name: &str,
+    overlay_file: &str,
+    rel: &str,
+    what: &str,
+    place: &str,
+) -> Result<String, InputError> {
+    let rel_path = Path::new(rel);
+    if rel_path.is_absolute()
+        || rel_path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(InputError::new(
+            overlay_file,
+            format!("{what} `{rel}` must stay inside the overlay directory"),
+        )
+        .place(place.to_string()));
+    }
+    Ok(format!("overlays/{name}/{rel}"))
+}
+
+/// [`load_overlay`], decrypting sops patch and values files with `keyring`.
+pub fn load_overlay_with(
+    repo_root: &Path,
+    name: &str,
+    keyring: &crate::sops::Keyring,
+) -> Result<LoadedOverlay, InputError> {
     let file = overlay_file(name);
     let text = std::fs::read_to_string(repo_root.join(&file))
         .map_err(|e| InputError::new(&file, format!("cannot read overlay: {e}")))?;
@@ -320,32 +365,32 @@ pub fn load_overlay(repo_root: &Path, name: &str) -> Result<LoadedOverlay, Input
             at(InputError::new(&file, e.to_string())
                 .place(format!("patch {pi} target.{}", e.field())))
         })?;
-        let (ops_file, ops, op_lines): (String, Vec<PatchOp>, Vec<Option<usize>>) =
-            match (&p.ops, &p.file) {
-                (Some(ops), None) => {
-                    let op_lines = (0..ops.len())
-                        .map(|oi| lines.get(&format!("/patches/{pi}/ops/{oi}")))
-                        .collect();
-                    (file.clone(), ops.clone(), op_lines)
-                }
-                (None, Some(rel)) => {
-                    load_patch_file(repo_root, name, &file, pi, rel).map_err(at)?
-                }
-                (Some(_), Some(_)) => {
-                    return Err(at(InputError::new(
-                        &file,
-                        "a patch has either `ops` or `file`, not both",
-                    )
+        let (ops_file, ops, op_lines, op_secrets): PatchFile = match (&p.ops, &p.file) {
+            (Some(ops), None) => {
+                let op_lines = (0..ops.len())
+                    .map(|oi| lines.get(&format!("/patches/{pi}/ops/{oi}")))
+                    .collect();
+                (file.clone(), ops.clone(), op_lines, Vec::new())
+            }
+            (None, Some(rel)) => {
+                load_patch_file(repo_root, name, &file, pi, rel, keyring).map_err(at)?
+            }
+            (Some(_), Some(_)) => {
+                return Err(at(InputError::new(
+                    &file,
+                    "a patch has either `ops` or `file`, not both",
+                )
+                .place(format!("patch {pi}"))));
+            }
+            (None, None) => {
+                return Err(at(InputError::new(&file, "a patch needs `ops` or `file`")
                     .place(format!("patch {pi}"))));
-                }
-                (None, None) => {
-                    return Err(at(InputError::new(&file, "a patch needs `ops` or `file`")
-                        .place(format!("patch {pi}"))));
-                }
-            };
+            }
+        };
         let mut loaded_ops = Vec::with_capacity(ops.len());
         for (oi, op) in ops.into_iter().enumerate() {
             let op_line = op_lines.get(oi).copied().flatten();
+            let value_secret = op_secrets.get(oi).filter(|s| !s.is_empty());
             let compiled = op.compile().map_err(|m| {
                 let e = InputError::new(&ops_file, m)
                     .place(format!("patch {pi} op {oi}"))
@@ -364,12 +409,25 @@ pub fn load_overlay(repo_root: &Path, name: &str) -> Result<LoadedOverlay, Input
                 line: op_line,
                 from: op.source_pointer().map(str::to_string),
             });
+            let shadow = value_secret.and_then(|secret| {
+                let mut shadow = op.clone();
+                match &mut shadow {
+                    PatchOp::Add { value, .. }
+                    | PatchOp::Replace { value, .. }
+                    | PatchOp::Test { value, .. } => {
+                        *value = crate::mask::substitute(value, secret);
+                    }
+                    _ => return None,
+                }
+                shadow.compile().ok()
+            });
             loaded_ops.push(LoadedOp {
                 op: compiled,
                 source: op,
                 file: ops_file.clone(),
                 line: op_line,
                 origin,
+                shadow,
             });
         }
         patches.push(LoadedPatch {
@@ -380,35 +438,47 @@ pub fn load_overlay(repo_root: &Path, name: &str) -> Result<LoadedOverlay, Input
             optional: p.optional,
         });
     }
+    let mut values_files = Vec::with_capacity(overlay.values_files.len());
+    for (i, rel) in overlay.values_files.iter().enumerate() {
+        let place = format!("valuesFiles[{i}]");
+        let path = overlay_relative(name, &file, rel, "values file", &place)?;
+        values_files.push(crate::chart::ValuesFile::read(
+            repo_root, &path, keyring, &file, &place,
+        )?);
+    }
     Ok(LoadedOverlay {
         name: name.to_string(),
         file,
         overlay,
         patches,
+        values_files,
     })
 }
 
-#[allow(clippy::type_complexity)]
+/// A patch's ops: their file, the ops, each op's line, and each op's decrypted value pointers
+/// (relative to the op's `value`; empty unless the file is a sops file).
+type PatchFile = (
+    String,
+    Vec<PatchOp>,
+    Vec<Option<usize>>,
+    Vec<std::collections::BTreeSet<String>>,
+);
+
 fn load_patch_file(
     repo_root: &Path,
     name: &str,
     overlay_file: &str,
     pi: usize,
     rel: &str,
-) -> Result<(String, Vec<PatchOp>, Vec<Option<usize>>), InputError> {
-    let rel_path = Path::new(rel);
-    if rel_path.is_absolute()
-        || rel_path
-            .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-    {
-        return Err(InputError::new(
-            overlay_file,
-            format!("patch file `{rel}` must stay inside the overlay directory"),
-        )
-        .place(format!("patch {pi} file")));
-    }
-    let ops_file = format!("overlays/{name}/{rel}");
+    keyring: &crate::sops::Keyring,
+) -> Result<PatchFile, InputError> {
+    let ops_file = overlay_relative(
+        name,
+        overlay_file,
+        rel,
+        "patch file",
+        &format!("patch {pi} file"),
+    )?;
     let text = std::fs::read_to_string(repo_root.join(&ops_file)).map_err(|e| {
         InputError::new(
             overlay_file,
@@ -416,11 +486,48 @@ fn load_patch_file(
         )
         .place(format!("patch {pi} file"))
     })?;
+    // sops encrypts mappings only: an encrypted patch file is `ops: [...]`.
+    if let Some(mut docs) = crate::sops::decrypt_file(&text, &ops_file, keyring)? {
+        let doc = if docs.len() == 1 {
+            docs.remove(0)
+        } else {
+            Default::default()
+        };
+        let ops_value = doc.value.get("ops").cloned().ok_or_else(|| {
+            InputError::new(
+                &ops_file,
+                "an encrypted patch file is a mapping with an `ops` list",
+            )
+        })?;
+        let ops: Vec<PatchOp> = serde_json::from_value(ops_value)
+            .map_err(|e| InputError::new(&ops_file, format!("invalid ops: {e}")).place("ops"))?;
+        let secrets = (0..ops.len())
+            .map(|i| {
+                let prefix = format!("/ops/{i}/value");
+                doc.secret
+                    .iter()
+                    .filter_map(|p| p.strip_prefix(&prefix))
+                    .filter(|r| r.is_empty() || r.starts_with('/'))
+                    .map(str::to_string)
+                    .collect()
+            })
+            .collect();
+        let lines = vec![None; ops.len()];
+        return Ok((ops_file, ops, lines, secrets));
+    }
+    if let Ok(Value::Object(m)) = crate::chart::yaml::parse_yaml_document(&text, &ops_file)
+        && let Some(ops) = m.get("ops")
+    {
+        let ops: Vec<PatchOp> = serde_json::from_value(ops.clone())
+            .map_err(|e| InputError::new(&ops_file, format!("invalid ops: {e}")).place("ops"))?;
+        let lines = vec![None; ops.len()];
+        return Ok((ops_file, ops, lines, Vec::new()));
+    }
     let (ops, lines) = parse_with_lines::<Vec<PatchOp>>(&text, &ops_file, 1)?;
     let op_lines = (0..ops.len())
         .map(|i| lines.get(&format!("/{i}")))
         .collect();
-    Ok((ops_file, ops, op_lines))
+    Ok((ops_file, ops, op_lines, Vec::new()))
 }
 
 /// Load `names` (referenced from `from_file`) and everything they extend, in application order:
@@ -429,6 +536,21 @@ pub fn resolve(
     repo_root: &Path,
     names: &[String],
     from_file: &str,
+) -> Result<Vec<LoadedOverlay>, InputError> {
+    resolve_with(
+        repo_root,
+        names,
+        from_file,
+        &crate::sops::Keyring::new(Default::default()),
+    )
+}
+
+/// [`resolve`], decrypting sops patch and values files with `keyring`.
+pub fn resolve_with(
+    repo_root: &Path,
+    names: &[String],
+    from_file: &str,
+    keyring: &crate::sops::Keyring,
 ) -> Result<Vec<LoadedOverlay>, InputError> {
     let mut out = Vec::new();
     let mut done = BTreeSet::new();
@@ -442,11 +564,14 @@ pub fn resolve(
             &mut stack,
             &mut done,
             &mut out,
+            keyring,
         )?;
     }
     Ok(out)
 }
 
+// The depth-first walk carries its state (stack, done, out) through the recursion.
+#[allow(clippy::too_many_arguments)]
 fn visit(
     repo_root: &Path,
     name: &str,
@@ -455,6 +580,7 @@ fn visit(
     stack: &mut Vec<String>,
     done: &mut BTreeSet<String>,
     out: &mut Vec<LoadedOverlay>,
+    keyring: &crate::sops::Keyring,
 ) -> Result<(), InputError> {
     if let Some(start) = stack.iter().position(|s| s == name) {
         let mut cycle: Vec<&str> = stack[start..].iter().map(String::as_str).collect();
@@ -480,7 +606,7 @@ fn visit(
         )
         .place(place));
     }
-    let loaded = load_overlay(repo_root, name)?;
+    let loaded = load_overlay_with(repo_root, name, keyring)?;
     stack.push(name.to_string());
     for (i, parent) in loaded.overlay.extends.iter().enumerate() {
         visit(
@@ -491,6 +617,7 @@ fn visit(
             stack,
             done,
             out,
+            keyring,
         )?;
     }
     stack.pop();
@@ -548,8 +675,12 @@ pub fn value_layers(overlays: &[LoadedOverlay], chart: &str) -> Vec<ValueLayer> 
                     file: o.file.clone(),
                     key_prefix: format!("values.{key}"),
                     values: v.clone(),
+                    secret: Default::default(),
                 });
             }
+        }
+        for f in &o.values_files {
+            layers.extend(f.layers(chart));
         }
     }
     layers
@@ -569,6 +700,17 @@ pub fn check_value_keys(
                 );
             }
         }
+        for f in &o.values_files {
+            for k in f.charts.keys() {
+                if k != "*" && !available.contains(k) {
+                    return Err(InputError::new(
+                        &f.file,
+                        format!("values for unknown chart `{k}`"),
+                    )
+                    .place(k.clone()));
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -581,7 +723,19 @@ pub fn check_value_keys(
 pub fn apply_patches(
     overlays: &[LoadedOverlay],
     objects: &mut BTreeMap<ObjectId, RenderedObject>,
+    histories: Option<&mut BTreeMap<ObjectId, FieldHistory>>,
+) -> Result<(), InputError> {
+    apply_patches_tracked(overlays, objects, histories, &mut BTreeMap::new())
+}
+
+/// [`apply_patches`], also applying every op to the objects' shadows (`crate::mask`): an object
+/// that holds a decrypted value has a shadow with placeholders instead; an op whose value was
+/// decrypted gives the object a shadow and applies its placeholder form there.
+pub fn apply_patches_tracked(
+    overlays: &[LoadedOverlay],
+    objects: &mut BTreeMap<ObjectId, RenderedObject>,
     mut histories: Option<&mut BTreeMap<ObjectId, FieldHistory>>,
+    shadows: &mut BTreeMap<ObjectId, Value>,
 ) -> Result<(), InputError> {
     let mut seq: u32 = 0;
     // Targets naming one object literally (the common case) look it up instead of scanning.
@@ -604,6 +758,9 @@ pub fn apply_patches(
                     h.get_mut(id).expect("inserted above")
                 });
                 for (oi, op) in p.ops.iter().enumerate() {
+                    if op.shadow.is_some() && !shadows.contains_key(id) {
+                        shadows.insert(id.clone(), ro.object.clone());
+                    }
                     let recorder = history.as_deref_mut().map(|history| patch::Recorder {
                         history,
                         seq: first_seq + oi as u32,
@@ -611,6 +768,14 @@ pub fn apply_patches(
                     });
                     if let Err(e) = patch::apply_op(&mut ro.object, &op.op, recorder) {
                         return Err(op_error(op, p, oi, id, &e));
+                    }
+                    if let Some(shadow) = shadows.get_mut(id) {
+                        let shadow_op = op.shadow.as_ref().unwrap_or(&op.op);
+                        if patch::apply_op(shadow, shadow_op, None).is_err() {
+                            // The shadow no longer follows the object (a `test` on a secret):
+                            // every field counts as secret.
+                            *shadow = crate::mask::placeholder(&ro.object);
+                        }
                     }
                 }
                 if !same_identity(id, &ro.object) {
@@ -646,7 +811,7 @@ pub fn apply_patches(
                 return Err(err);
             }
             if !renamed.is_empty() {
-                rekey(objects, histories.as_deref_mut(), &renamed, o, p)?;
+                rekey(objects, histories.as_deref_mut(), shadows, &renamed, o, p)?;
                 by_name = name_index(objects);
             }
         }
@@ -705,6 +870,7 @@ fn same_identity(id: &ObjectId, obj: &Value) -> bool {
 fn rekey(
     objects: &mut BTreeMap<ObjectId, RenderedObject>,
     mut histories: Option<&mut BTreeMap<ObjectId, FieldHistory>>,
+    shadows: &mut BTreeMap<ObjectId, Value>,
     renamed: &[ObjectId],
     o: &LoadedOverlay,
     p: &LoadedPatch,
@@ -728,6 +894,9 @@ fn rekey(
             && let Some(hist) = h.remove(old)
         {
             h.insert(new.clone(), hist);
+        }
+        if let Some(shadow) = shadows.remove(old) {
+            shadows.insert(new.clone(), shadow);
         }
         moved.push((old, new, ro));
     }
@@ -964,6 +1133,35 @@ mod tests {
         assert_eq!(e.place.as_deref(), Some("patch 0"));
         assert!(e.object.as_deref().unwrap().contains("kind=StatefulSet"));
         assert_eq!(e.line, Some(4));
+    }
+
+    /// Ops run on the shadows too: a copy of a secret is secret, a plain replacement is not.
+    #[test]
+    fn shadows_follow_copies_moves_and_replacements() {
+        let d = tempfile::tempdir().unwrap();
+        let text = "apiVersion: pailot.dev/v1\nkind: Overlay\npatches:\n  - target: {kind: ConfigMap}\n    ops:\n      - {op: copy, from: /data/pw, path: /data/copy}\n      - {op: replace, path: /data/token, value: public}\n      - {op: add, path: /data/list/0, value: first}\n";
+        write(d.path(), "overlays/a/overlay.yaml", text);
+        let o = load_overlay(d.path(), "a").unwrap();
+        let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
+            "data": {"pw": "s3cret", "token": "t0ken", "list": ["x", "secret-item"]}});
+        let id = ObjectId::of(&obj).unwrap();
+        let secret: BTreeSet<String> = ["/data/pw", "/data/token", "/data/list/1"]
+            .map(String::from)
+            .into();
+        let mut shadows = BTreeMap::from([(id.clone(), crate::mask::substitute(&obj, &secret))]);
+        let mut objects = BTreeMap::from([(
+            id.clone(),
+            RenderedObject {
+                chart: "c".into(),
+                template: "t".into(),
+                object: obj,
+            },
+        )]);
+        apply_patches_tracked(std::slice::from_ref(&o), &mut objects, None, &mut shadows).unwrap();
+        let now: Vec<String> = crate::mask::differences(&objects[&id].object, &shadows[&id])
+            .into_iter()
+            .collect();
+        assert_eq!(now, ["/data/copy", "/data/list/2", "/data/pw"]);
     }
 
     #[test]

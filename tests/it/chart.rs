@@ -211,6 +211,7 @@ fn values_provenance_names_the_layer_that_set_the_key() {
         file: "overlays/small/overlay.yaml".into(),
         key_prefix: "values.files-and-filters".into(),
         values: json!({"memory": "256Mi"}),
+        secret: Default::default(),
     };
     let (merged, docs) = render_with(&c, vec![overlay]);
     validate_values(&c, &merged).unwrap();
@@ -251,6 +252,7 @@ fn final_values_violating_the_schema_name_layer_pointer_and_chart() {
         file: "clusters/lab.yaml".into(),
         key_prefix: "values.files-and-filters".into(),
         values: json!({"config": {"port": 0}}),
+        secret: Default::default(),
     };
     let merged = merge_values(&[c.default_layer(), bad]);
     let err = validate_values(&c, &merged).unwrap_err();
@@ -269,6 +271,7 @@ fn final_values_violating_the_schema_name_layer_pointer_and_chart() {
         file: "overlays/o/overlay.yaml".into(),
         key_prefix: String::new(),
         values: json!({"memory": null}),
+        secret: Default::default(),
     };
     let merged = merge_values(&[c.default_layer(), del]);
     let err = validate_values(&c, &merged).unwrap_err();
@@ -487,7 +490,7 @@ proptest! {
     #[test]
     fn merging_never_panics_and_later_scalars_win(a in arb_json(), b in arb_json(), c in arb_json()) {
         let layers: Vec<ValueLayer> = [a, b, c.clone()].into_iter().enumerate()
-            .map(|(i, v)| ValueLayer { file: format!("l{i}"), key_prefix: String::new(), values: v }).collect();
+            .map(|(i, v)| ValueLayer { file: format!("l{i}"), key_prefix: String::new(), values: v, secret: Default::default() }).collect();
         let m = merge_values(&layers);
         if let (Value::Object(last), Value::Object(_)) = (&c, &m.values) {
             for (k, v) in last {
@@ -536,7 +539,7 @@ fn every_shipped_chart_lints_clean() {
     dirs.sort();
     let mut problems = Vec::new();
     for d in &dirs {
-        match chart::lint::lint_chart(&root, d) {
+        match chart::lint::lint_chart(&root, d, &pailot::sops::Keyring::new(Default::default())) {
             Ok(p) => problems.extend(p.into_iter().map(|e| e.to_string())),
             Err(e) => problems.push(e.to_string()),
         }
@@ -570,6 +573,7 @@ fn schema_error_points_at_the_line_in_the_layer_file() {
         file: "overlays/o/overlay.yaml".into(),
         key_prefix: "values.app".into(),
         values: json!({"config": {"port": -5}}),
+        secret: Default::default(),
     };
     let merged = merge_values(&[c.default_layer(), layer]);
     let err = validate_values(&c, &merged).unwrap_err();

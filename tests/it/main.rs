@@ -29,6 +29,7 @@ mod reconcile;
 mod render;
 mod rollout;
 mod schema;
+mod secrets;
 mod server;
 mod source;
 mod systemd;

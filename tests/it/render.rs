@@ -278,6 +278,7 @@ fn provenance_mode_does_not_change_the_objects() {
         cluster_file: "clusters/test.yaml".into(),
         overlays: None,
         revision: Some("abc123".into()),
+        age_keys: Default::default(),
     };
     let (_, with) = render_with(&req, ProvenanceMode::Record).unwrap();
     let (_, without) = render_with(&req, ProvenanceMode::Skip).unwrap();

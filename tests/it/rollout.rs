@@ -22,6 +22,7 @@ fn host_port_deployments() -> BTreeMap<String, Value> {
         cluster_file: "clusters/single-node.yaml".into(),
         overlays: None,
         revision: None,
+        age_keys: Default::default(),
     };
     let (_, set) = pailot::render::render(&req).unwrap_or_else(|e| panic!("{e}"));
     set.objects

@@ -376,6 +376,7 @@ fn the_daemon_helper_process_fetches_renders_and_reports_errors_as_data() {
             cluster_file: "clusters/test.yaml".into(),
             overlays: None,
             revision: Some(commit.to_string()),
+            age_keys: Default::default(),
         }))
         .unwrap()
     };

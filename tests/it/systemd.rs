@@ -219,11 +219,60 @@ fn pailot_service_security_exposure_is_at_most_2_5() {
     assert!(exposure(&String::from_utf8_lossy(&out.stdout)) > 8.0);
 }
 
+/// The shipped config is valid as the unit runs it: with `$CREDENTIALS_DIRECTORY` holding the
+/// `age-key` credential (empty: SetCredential='s default); outside systemd the check says why not.
 #[test]
 fn example_daemon_config_is_valid() {
+    let creds = TempTree::new();
+    let key = creds.write("age-key", "");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
     let out = Command::new(pailot_bin())
         .args(["daemon", "--check", "--config"])
         .arg(repo_root().join("systemd/pailot.yaml"))
+        .env("CREDENTIALS_DIRECTORY", creds.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(pailot_bin())
+        .args(["daemon", "--check", "--config"])
+        .arg(repo_root().join("systemd/pailot.yaml"))
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("decryption.ageKeyFile") && err.contains("LoadCredential="),
+        "{err}"
+    );
+}
+
+/// The age key never world-readable: the daemon refuses a key file other users can read.
+#[test]
+fn a_world_readable_age_key_is_refused() {
+    let t = TempTree::new();
+    let key = t.write("age-key.txt", "# key\n");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let cfg = t.write(
+        "pailot.yaml",
+        "apiVersion: pailot.dev/v1\nkind: DaemonConfig\nsource: {url: /srv/repo}\ndecryption: {ageKeyFile: age-key.txt}\n",
+    );
+    let out = Command::new(pailot_bin())
+        .args(["daemon", "--check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("readable by every user"), "{err}");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = Command::new(pailot_bin())
+        .args(["daemon", "--check", "--config"])
+        .arg(&cfg)
         .output()
         .unwrap();
     assert!(

@@ -211,6 +211,7 @@ async fn a_parent_left_in_kube_system_is_adopted_not_duplicated() {
         cluster_file: "clusters/test.yaml".into(),
         overlays: None,
         revision: None,
+        age_keys: Default::default(),
     })
     .unwrap();
     let plan = pailot::apply::plan::Plan::new(&set, &legacy).unwrap();
