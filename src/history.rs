@@ -133,7 +133,7 @@ pub struct Entry {
     pub started_at: u64,
     /// How long it took, in milliseconds.
     pub duration_ms: u64,
-    /// What started it: `startup`, `watch`, `poll`, `webhook`, `drift`, `manual`, `reload`, `retry`, `activated`.
+    /// What started it: `startup`, `watch`, `poll`, `webhook`, `drift`, `manual`, `resume`, `reload`, `retry`, `activated`.
     pub trigger: String,
     /// The commit reconciled (absent when the fetch failed before one was known).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -129,11 +129,21 @@ pub fn run_reconcile(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The summary line's first word: what happened to the revision.
+fn outcome_verb(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Success => "reconciled",
+        Outcome::Failure => "failed",
+        Outcome::Stopped => "stopped",
+        Outcome::Superseded => "superseded",
+    }
+}
+
 /// The result of one reconcile, for people: a summary line, then each chart's counts.
 pub fn reconcile_table(e: &Entry) -> String {
     let mut out = format!(
         "{} {} in {} ({})",
-        e.result.as_str(),
+        outcome_verb(e.result),
         e.revision.as_deref().map_or("-", short_rev),
         format_duration(Duration::from_millis(e.duration_ms)),
         e.trigger,

@@ -204,7 +204,7 @@ async fn suspend_reconcile_resume_through_the_socket() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
         r.stdout
-            .starts_with("succeeded 1a2b3c4d5e6f in 2s (manual): tune zookeeper"),
+            .starts_with("reconciled 1a2b3c4d5e6f in 2s (manual): tune zookeeper"),
         "{}",
         r.stdout
     );
@@ -212,6 +212,7 @@ async fn suspend_reconcile_resume_through_the_socket() {
     *d.daemon.next_result.lock().unwrap() = Outcome::Failure;
     let r = pailot(&["reconcile", "--wait", "--state-dir", dir]).await;
     assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.starts_with("failed 1a2b3c4d5e6f"), "{}", r.stdout);
     assert!(
         r.stdout
             .contains("apply/rejected: Deployment/default/zookeeper"),

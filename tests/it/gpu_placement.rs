@@ -127,18 +127,20 @@ async fn gpu_consumers_land_only_on_the_gpu_machine_of_a_mixed_cluster() {
             })
             .collect();
         let apps: Vec<String> = list.items.iter().map(chart_of).collect();
+        // Each chart's DaemonSets create their pods independently: wait for all of them (one per
+        // machine the DaemonSet selects), not for the first one of each chart.
         let expected = [
-            "nvidia-device-plugin",
-            "job-exporter",
-            "hadoop-node-manager",
+            ("nvidia-device-plugin", 1),
+            ("job-exporter", 2),
+            ("hadoop-node-manager", 2),
         ];
         if !waiting.is_empty() {
             Err(format!("unscheduled: {waiting:?}"))
         } else if !expected
             .iter()
-            .all(|e| apps.iter().any(|a| a.starts_with(e)))
+            .all(|(e, n)| apps.iter().filter(|a| a.as_str() == *e).count() == *n)
         {
-            Err(format!("not all GPU charts have pods yet: {apps:?}"))
+            Err(format!("not every GPU chart's pods exist yet: {apps:?}"))
         } else {
             Ok(list.items)
         }

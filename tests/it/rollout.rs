@@ -22,7 +22,10 @@ fn host_port_deployments() -> BTreeMap<String, Value> {
         cluster_file: "clusters/single-node.yaml".into(),
         overlays: None,
         revision: None,
-        age_keys: Default::default(),
+        // The shipped clusters read clusters/example.secrets.sops.yaml, encrypted to the test key.
+        age_keys: pailot::sops::AgeKeys::File(
+            crate::harness::repo_root().join("tests/fixtures/sops/test-key.txt"),
+        ),
     };
     let (_, set) = pailot::render::render(&req).unwrap_or_else(|e| panic!("{e}"));
     set.objects

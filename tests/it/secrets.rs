@@ -1269,15 +1269,7 @@ fn diff_masks_fields_computed_from_decrypted_values() {
     };
     let run = |cmd: &str, extra: &[&str]| {
         let kc = cluster.kubeconfig.to_str().unwrap().to_string();
-        let mut args = vec![
-            cmd,
-            "-c",
-            "clusters/test.yaml",
-            "--kubeconfig",
-            &kc,
-            "--inventory-namespace",
-            &ns.name,
-        ];
+        let mut args = vec![cmd, "-c", "clusters/test.yaml", "--kubeconfig", &kc];
         args.extend_from_slice(extra);
         pailot_with(repo.path(), Some(&key.file), &args)
     };
