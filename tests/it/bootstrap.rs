@@ -1453,3 +1453,143 @@ fn api_wait_shows_progress_on_a_terminal_and_nothing_in_a_pipe() {
         tty.stdout
     );
 }
+
+/// Adopt mode end to end (issue 15): a daemon started on a host with no bootstrap record applies nothing;
+/// `pailot bootstrap` against the running control plane with `controlPlane: external` writes labels,
+/// mirrors and the record; the daemon notices the record and applies the whole distribution, so that
+/// `pailot diff` then finds nothing to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_applies_the_distribution_once_an_adopted_host_is_bootstrapped() {
+    use std::time::{Duration, Instant};
+    let Some(ns) = crate::kube::TestNamespace::new("adopt").await else {
+        return;
+    };
+    let node_name = crate::kube::unique_name("pai-adopt");
+    ns.create_fake_node(json!({
+        "metadata": {"name": node_name, "labels": {"kubernetes.io/hostname": node_name}},
+        "status": {"capacity": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+                   "allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110"}}
+    }))
+    .await;
+    let ns_name = ns.name.clone();
+    let h = Host::new(&node_name, |t| {
+        t.replace(
+            "name: single-node\n",
+            &format!("name: {ns_name}\ncontrolPlane: external\n"),
+        )
+        .replace("namespace: default\n", &format!("namespace: {ns_name}\n"))
+    });
+    // The deployment repository the daemon reconciles: this repository's charts and overlays, the host's
+    // cluster file, and the encrypted example values it reads (decrypted with the public test key).
+    let repo = crate::source::TempRepo::new();
+    copy_tree(&repo_root().join("charts"), &repo.path().join("charts"));
+    copy_tree(&repo_root().join("overlays"), &repo.path().join("overlays"));
+    repo.write(
+        "clusters/example.secrets.sops.yaml",
+        &std::fs::read_to_string(repo_root().join("clusters/example.secrets.sops.yaml")).unwrap(),
+    );
+    repo.write(
+        "clusters/adopted.yaml",
+        &std::fs::read_to_string(&h.cluster).unwrap(),
+    );
+    let head = repo.commit("the distribution on an adopted cluster");
+
+    let state = h.file("/var/lib/pailot");
+    std::fs::create_dir_all(&state).unwrap();
+    let addr = crate::trust::free_addr();
+    // The daemon refuses a key file other users can read: give it a private copy.
+    let key = h.t.path().join("age-key.txt");
+    std::fs::copy(repo_root().join("tests/fixtures/sops/test-key.txt"), &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = h.t.write(
+        "pailot.yaml",
+        &format!(
+            "apiVersion: pailot.dev/v1\nkind: DaemonConfig\nsource:\n  url: {}\n  cluster: clusters/adopted.yaml\n  pollInterval: 1h\nstateDir: {}\nkubeconfig: {}\nhostRoot: {}\nserver:\n  listen: \"{addr}\"\ndecryption:\n  ageKeyFile: {}\n",
+            repo.path().display(),
+            state.display(),
+            ns.kubeconfig.display(),
+            h.root.display(),
+            key.display(),
+        ),
+    );
+    let mut d =
+        crate::daemon::DaemonProcess::start_gated(&cfg, addr, h.t.path().join("daemon.log"));
+
+    // No record: the daemon serves, says why it waits, applies nothing.
+    let s = d
+        .wait_status(Duration::from_secs(30), "the bootstrap gate", |s| {
+            s["bootstrap"]["complete"] == false
+        })
+        .await;
+    let missing = s["bootstrap"]["missing"].to_string();
+    assert!(missing.contains("record"), "{s:#}");
+    let diff = |repo: &Path| {
+        pailot_with_path(
+            &h.bin,
+            &[
+                "diff",
+                "--repo",
+                repo.to_str().unwrap(),
+                "-c",
+                "clusters/adopted.yaml",
+                "--kubeconfig",
+                ns.kubeconfig.to_str().unwrap(),
+                "--age-key-file",
+                key.to_str().unwrap(),
+            ],
+        )
+    };
+    let before = diff(repo.path());
+    assert_eq!(before.code, 1, "no inventory yet: {before:?}");
+    assert!(
+        d.metrics()
+            .await
+            .contains("pailot_bootstrap_missing{item=\"record\"} 1"),
+        "{}",
+        d.metrics().await
+    );
+
+    // Adopt the cluster; the daemon reads the record again within 10 s and applies.
+    let r = h.run(&[
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "--kubeconfig",
+        ns.kubeconfig.to_str().unwrap(),
+        "--timeout",
+        "60",
+    ]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let s = d
+        .wait_status(Duration::from_secs(60), "the distribution applied", |s| {
+            s["bootstrap"]["complete"] == true && s["revision"] == head.as_str()
+        })
+        .await;
+    assert_eq!(s["bootstrap"]["missing"], json!([]), "{s:#}");
+    d.assert_running();
+    // Everything the render holds is in the cluster as rendered (diff exits 0 only then); the charts may
+    // still be rolling out, which diff does not look at.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut after = diff(repo.path());
+    while after.code != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        after = diff(repo.path());
+    }
+    assert_eq!(after.code, 0, "{after:?}\n{}", d.tail());
+    drop(d);
+
+    let gone = pailot_with_path(
+        &h.bin,
+        &[
+            "uninstall",
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "-c",
+            "clusters/adopted.yaml",
+            "--kubeconfig",
+            ns.kubeconfig.to_str().unwrap(),
+            "--age-key-file",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(gone.code, 0, "{gone:?}");
+}

@@ -167,10 +167,29 @@ impl DaemonProcess {
         log: PathBuf,
         soft_nofile: Option<u64>,
     ) -> Self {
+        Self::spawn(config, addr, log, soft_nofile, true)
+    }
+
+    /// Like `start`, without `--no-bootstrap`: the daemon applies only once `stateDir` holds a bootstrap record.
+    pub fn start_gated(config: &Path, addr: SocketAddr, log: PathBuf) -> Self {
+        Self::spawn(config, addr, log, None, false)
+    }
+
+    fn spawn(
+        config: &Path,
+        addr: SocketAddr,
+        log: PathBuf,
+        soft_nofile: Option<u64>,
+        no_bootstrap: bool,
+    ) -> Self {
         use std::os::unix::process::CommandExt;
         let f = std::fs::File::create(&log).unwrap();
         let mut cmd = std::process::Command::new(crate::harness::pailot_bin());
-        cmd.args(["daemon", "--no-bootstrap", "--config"])
+        cmd.arg("daemon");
+        if no_bootstrap {
+            cmd.arg("--no-bootstrap");
+        }
+        cmd.arg("--config")
             .arg(config)
             .env("PAILOT_LOG", "info,kube=warn,hyper=warn")
             .env_remove("NOTIFY_SOCKET")
