@@ -22,6 +22,7 @@ pub mod mask;
 pub mod provenance;
 pub mod quantity;
 pub mod redact;
+pub mod secret;
 
 /// Field manager for every server-side apply pailot makes.
 pub const FIELD_MANAGER: &str = "pailot";

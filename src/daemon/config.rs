@@ -283,44 +283,7 @@ pub struct RawLeaderElection {
     pub lease_duration: Option<String>,
 }
 
-/// A secret read from a file: its `Debug`/`Display` never show the value. It serializes (as base64) only
-/// to cross the pipe to a helper process, never into a file, a log or `/status`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use base64::Engine;
-        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use base64::Engine;
-        let text = String::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map(Secret)
-            .map_err(|_| serde::de::Error::custom("secret is not base64"))
-    }
-}
-
-impl Secret {
-    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Secret(bytes.into())
-    }
-    /// The secret bytes; do not log them.
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
+pub use crate::secret::Secret;
 
 /// The ref the daemon follows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -493,13 +456,7 @@ impl Config {
         };
         let read_secret = |place: &str, p: &Path| -> Result<Secret, InputError> {
             let full = must_exist(place, p)?;
-            let bytes = std::fs::read(&full)
-                .map_err(|e| err(place, format!("failed to read {}: {e}", full.display())))?;
-            let trimmed = bytes.trim_ascii();
-            if trimmed.is_empty() {
-                return Err(err(place, format!("file {} is empty", full.display())));
-            }
-            Ok(Secret::new(trimmed.to_vec()))
+            Secret::read_file(&full).map_err(|e| err(place, e.to_string()))
         };
 
         // source

@@ -1,7 +1,6 @@
 //! The `notifications:` section of the daemon configuration, as written ([`RawConfig`]) and validated once ([`Config`]).
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -126,29 +125,7 @@ impl SinkKind {
     }
 }
 
-/// Secret bytes read from a file; `Debug` never shows them.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Secret(bytes.into())
-    }
-    /// The secret bytes; do not log them.
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-    /// As text (URLs and tokens are text).
-    pub fn expose_str(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or("")
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
+pub use crate::secret::Secret;
 
 /// A validated sink: its target and credentials resolved, nothing left to parse.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -292,18 +269,7 @@ impl RawConfig {
             }
         };
         let read_secret = |at: String, p: &Path| -> Result<Secret, InputError> {
-            let full = resolve(p);
-            let bytes = std::fs::read(&full).map_err(|e| {
-                err(
-                    at.clone(),
-                    format!("failed to read {}: {e}", full.display()),
-                )
-            })?;
-            let trimmed = bytes.trim_ascii();
-            if trimmed.is_empty() {
-                return Err(err(at, format!("file {} is empty", full.display())));
-            }
-            Ok(Secret::new(trimmed.to_vec()))
+            Secret::read_file(&resolve(p)).map_err(|e| err(at, e.to_string()))
         };
         let mut sinks: Vec<Sink> = Vec::new();
         for (i, s) in self.sinks.iter().enumerate() {
