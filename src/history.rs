@@ -280,24 +280,13 @@ impl History {
         };
         let bytes = std::fs::read(&self.path).map_err(|e| io("read", e))?;
         let (entries, _) = parse_lines(&self.path, &bytes, self.limit);
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".history-")
-            .tempfile_in(dir)
-            .map_err(|e| io("create a temporary file next to", e))?;
+        let mut text = Vec::new();
         for (_, raw) in &entries {
-            tmp.write_all(raw).map_err(|e| io("write", e))?;
-            tmp.write_all(b"\n").map_err(|e| io("write", e))?;
+            text.extend_from_slice(raw);
+            text.push(b'\n');
         }
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
-            .map_err(|e| io("set the mode of", e))?;
-        tmp.as_file().sync_all().map_err(|e| io("sync", e))?;
-        tmp.persist(&self.path)
-            .map_err(|e| io("replace", e.error))?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
+        crate::atomic_file::write(&self.path, &text, FILE_MODE)
+            .map_err(|e| io(e.action, e.source))?;
         self.lines = entries.len();
         Ok(())
     }

@@ -29,6 +29,7 @@ pub const FIELD_MANAGER: &str = "pailot";
 /// Version of this build, used in the ApplySet tooling label and `pailot_build_info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod apply;
+pub mod atomic_file;
 pub mod bootstrap;
 pub mod budget;
 pub mod control;

@@ -3,8 +3,6 @@
 //! The file exists only while the daemon is suspended; it survives restarts. A record with an
 //! `until` in the past is expired: [`Suspension::load_active`] treats it as absent and removes it.
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -142,23 +140,9 @@ impl Suspension {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(state_dir).map_err(|e| io("create the directory of", e))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".suspension-")
-            .tempfile_in(state_dir)
-            .map_err(|e| io("create a temporary file next to", e))?;
         let mut json = serde_json::to_vec_pretty(self).expect("suspension serializes");
         json.push(b'\n');
-        tmp.write_all(&json).map_err(|e| io("write", e))?;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o640))
-            .map_err(|e| io("set the mode of", e))?;
-        tmp.as_file().sync_all().map_err(|e| io("sync", e))?;
-        tmp.persist(&path).map_err(|e| io("replace", e.error))?;
-        if let Ok(d) = std::fs::File::open(state_dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::atomic_file::write(&path, &json, 0o640).map_err(|e| io(e.action, e.source))
     }
 
     /// Remove the record; true when there was one.

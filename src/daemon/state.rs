@@ -1,6 +1,5 @@
 //! The daemon's persisted state (`<stateDir>/state.json`): last applied revision and inventory, written atomically.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -70,20 +69,9 @@ impl PersistedState {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(werr)?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".state-")
-            .tempfile_in(dir)
-            .map_err(werr)?;
-        let json = serde_json::to_vec_pretty(self).expect("state serializes");
-        tmp.write_all(&json).map_err(werr)?;
-        tmp.write_all(b"\n").map_err(werr)?;
-        tmp.as_file().sync_all().map_err(werr)?;
-        tmp.persist(&path).map_err(|e| werr(e.error))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        let mut json = serde_json::to_vec_pretty(self).expect("state serializes");
+        json.push(b'\n');
+        crate::atomic_file::write(&path, &json, 0o640).map_err(|e| werr(e.source))
     }
 }
 

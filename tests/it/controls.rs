@@ -89,7 +89,8 @@ async fn reconcile_now_history_suspend_and_resume_drive_the_running_daemon() {
     .unwrap();
     assert_eq!(r.code, 0, "{r:?}\n{}", d.tail());
     assert!(
-        r.stdout.contains(&second[..12]) && r.stdout.contains("success"),
+        r.stdout
+            .starts_with(&format!("reconciled {}", &second[..12])),
         "{}",
         r.stdout
     );
