@@ -436,11 +436,9 @@ impl Metrics {
                 action: action.word(),
             });
         }
-        for reason in [PruneBlockedReason::MassPruneThreshold] {
-            let _ = prune_blocked_total.get_or_create(&ReasonLabels {
-                reason: reason.as_str(),
-            });
-        }
+        let _ = prune_blocked_total.get_or_create(&ReasonLabels {
+            reason: PruneBlockedReason::MassPruneThreshold.as_str(),
+        });
         Metrics {
             registry,
             reconcile_total,

@@ -790,12 +790,11 @@ pub fn run(args: BootstrapArgs) -> anyhow::Result<ExitCode> {
                 ChartState::Applying,
                 "waiting for it to register, then labelling",
             );
-            if !may_label {
-                if let Err(e) = bootstrap::nodes::wait_registered(&c, &machine.name, deadline).await
-                {
-                    progress.set(&step, ChartState::Failed, &e.to_string());
-                    return Err((Step::NodeRegistration, e.into()));
-                }
+            if !may_label
+                && let Err(e) = bootstrap::nodes::wait_registered(&c, &machine.name, deadline).await
+            {
+                progress.set(&step, ChartState::Failed, &e.to_string());
+                return Err((Step::NodeRegistration, e.into()));
             }
             match bootstrap::nodes::label_nodes(&c, &desired, &prev_nodes, &machine.name, deadline)
                 .await

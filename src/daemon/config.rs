@@ -737,10 +737,11 @@ fn classify_url(url: &str, base: &Path) -> Option<RepoLocation> {
         return None;
     }
     // scp-like `git@host:path` (a colon before any slash).
-    if let Some(colon) = url.find(':') {
-        if url[..colon].contains('@') && !url[..colon].contains('/') {
-            return Some(RepoLocation::Remote(url.to_string()));
-        }
+    if let Some(colon) = url.find(':')
+        && url[..colon].contains('@')
+        && !url[..colon].contains('/')
+    {
+        return Some(RepoLocation::Remote(url.to_string()));
     }
     if url.is_empty() {
         return None;
@@ -761,10 +762,10 @@ fn yaml_error(file: &Path, err: &serde_saphyr::Error) -> InputError {
     let full = err.to_string();
     let first = full.lines().next().unwrap_or("").trim().to_string();
     let mut e = InputError::new(file, format!("invalid daemon config: {first}"));
-    if let Some(loc) = err.location() {
-        if loc.line() > 0 {
-            e = e.at(loc.line() as usize, loc.column().max(1) as usize);
-        }
+    if let Some(loc) = err.location()
+        && loc.line() > 0
+    {
+        e = e.at(loc.line() as usize, loc.column().max(1) as usize);
     }
     e
 }

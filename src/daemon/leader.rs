@@ -191,18 +191,17 @@ async fn round(api: &Api<Lease>, cfg: &LeaderConfig, me: &str) -> Result<bool, E
 
 /// Give the lease up (clear the holder) so a standby takes over without waiting for expiry.
 async fn release(api: &Api<Lease>, cfg: &LeaderConfig, me: &str) {
-    if let Ok(Some(mut lease)) = api.get_opt(&cfg.lease_name).await {
-        if let Some(spec) = lease
+    if let Ok(Some(mut lease)) = api.get_opt(&cfg.lease_name).await
+        && let Some(spec) = lease
             .spec
             .as_mut()
             .filter(|s| s.holder_identity.as_deref() == Some(me))
-        {
-            spec.holder_identity = None;
-            spec.renew_time = None;
-            let _ = api
-                .replace(&cfg.lease_name, &PostParams::default(), &lease)
-                .await;
-        }
+    {
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        let _ = api
+            .replace(&cfg.lease_name, &PostParams::default(), &lease)
+            .await;
     }
 }
 

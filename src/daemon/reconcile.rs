@@ -298,6 +298,9 @@ enum State {
     Stopped,
 }
 
+/// Told how the first reconcile ended (systemd READY=1).
+pub type FirstReconcileHook = Box<dyn FnOnce(Outcome) + Send>;
+
 /// What the reconciler needs, apart from its inputs: state directory, status, metrics.
 pub struct Reconciler<S, R, A> {
     pub source: S,
@@ -314,7 +317,7 @@ pub struct Reconciler<S, R, A> {
     /// Fed at every step of progress (the watchdog reads it).
     pub heartbeat: Arc<Heartbeat>,
     /// Called once, after the first reconcile ends (success or not): systemd READY=1.
-    pub on_first_reconcile: std::sync::Mutex<Option<Box<dyn FnOnce(Outcome) + Send>>>,
+    pub on_first_reconcile: std::sync::Mutex<Option<FirstReconcileHook>>,
     /// Operator controls: manual reconciles waiting for an answer, and the suspension in force.
     pub controls: Controls,
     /// Where reconcile results go out (webhooks, Slack, commit statuses).

@@ -425,7 +425,7 @@ fn check_node_packages(host: &HostRoot, network: Cni) -> Vec<Check> {
         .iter()
         .find(|b| host.exists(b))
     {
-        Some(b) => out.push(check("kubelet", Status::Pass, format!("{b}"), None)),
+        Some(b) => out.push(check("kubelet", Status::Pass, b.to_string(), None)),
         None => out.push(check(
             "kubelet",
             Status::Fail,

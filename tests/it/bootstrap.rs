@@ -941,10 +941,11 @@ fn names_that_would_leave_the_root_are_input_errors() {
     assert!(h.record().is_none());
     assert!(!h.t.path().join("x").exists() && !h.root.parent().unwrap().join("x").exists());
     // Machine names become node names, label values and file names: unique DNS-1123 names of at most 63 characters.
-    for (edit, msg) in [(
-        "name: pai-node-1",
-        "machine name \"Pai_Node\" is not a node name",
-    )] {
+    {
+        let (edit, msg) = (
+            "name: pai-node-1",
+            "machine name \"Pai_Node\" is not a node name",
+        );
         let h = Host::new("pai-node-1", |t| t.replacen(edit, "name: Pai_Node", 1));
         let r = h.run(&["--skip-api"]);
         assert_eq!(r.code, 2, "{}", r.stderr);

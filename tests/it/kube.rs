@@ -62,10 +62,10 @@ fn find_or_start_cluster() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("PAILOT_TEST_KUBECONFIG") {
         return Ok(PathBuf::from(p));
     }
-    if let Some(p) = std::env::var_os("KUBECONFIG").map(PathBuf::from) {
-        if loopback_server(&p).unwrap_or(false) {
-            return Ok(p);
-        }
+    if let Some(p) = std::env::var_os("KUBECONFIG").map(PathBuf::from)
+        && loopback_server(&p).unwrap_or(false)
+    {
+        return Ok(p);
     }
     let script = repo_root().join("scripts/cluster-up");
     let out = Command::new(&script)

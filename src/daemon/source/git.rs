@@ -208,17 +208,17 @@ impl GitSource {
             if tries > 3 {
                 return Err(git2::Error::from_str("credentials rejected"));
             }
-            if allowed.contains(git2::CredentialType::SSH_KEY) {
-                if let Some(key) = &ssh_key {
-                    return git2::Cred::ssh_key(username.unwrap_or("git"), None, key, None);
-                }
+            if allowed.contains(git2::CredentialType::SSH_KEY)
+                && let Some(key) = &ssh_key
+            {
+                return git2::Cred::ssh_key(username.unwrap_or("git"), None, key, None);
             }
-            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
-                if let Some(t) = &token {
-                    let t = std::str::from_utf8(t.expose())
-                        .map_err(|_| git2::Error::from_str("token is not UTF-8"))?;
-                    return git2::Cred::userpass_plaintext(username.unwrap_or("x-access-token"), t);
-                }
+            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
+                && let Some(t) = &token
+            {
+                let t = std::str::from_utf8(t.expose())
+                    .map_err(|_| git2::Error::from_str("token is not UTF-8"))?;
+                return git2::Cred::userpass_plaintext(username.unwrap_or("x-access-token"), t);
             }
             git2::Cred::default()
         });
