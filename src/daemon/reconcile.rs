@@ -336,6 +336,8 @@ pub struct Controls {
     pub suspension: watch::Receiver<Option<Suspension>>,
 }
 
+/// For the loop's unit tests: controls nobody uses.
+#[cfg(test)]
 impl Default for Controls {
     fn default() -> Self {
         let (tx, suspension) = watch::channel(None);
