@@ -13,6 +13,7 @@
 pub mod chart;
 pub mod cli;
 pub mod cluster;
+pub mod confine;
 pub mod diag;
 pub mod manifest;
 pub mod provenance;
@@ -28,6 +29,7 @@ pub mod budget;
 pub mod daemon;
 pub mod init;
 pub mod inventory;
+pub mod limits;
 pub mod metrics;
 pub mod overlay;
 pub mod par;

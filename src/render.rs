@@ -36,11 +36,28 @@ fn display_path(repo_root: &Path, p: &Path) -> String {
     rel.to_string_lossy().replace('\\', "/")
 }
 
-/// Read and check a Cluster file; `shown` is the name used in messages.
+/// Read and check a Cluster file named by an operator; `shown` is the name used in messages.
+/// Only its size is bounded: a repository's own cluster file is read with [`load_cluster_in`].
 pub fn load_cluster(path: &Path, shown: &str) -> Result<Cluster, InputError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| InputError::new(shown, format!("cannot read cluster file: {e}")))?;
-    let cluster: Cluster = overlay::parse_yaml(&text, shown)?;
+    let text = crate::confine::read_text_unconfined(path, shown)?;
+    parse_cluster(&text, shown)
+}
+
+/// Read the Cluster file `path` of the repository at `repo_root`: when the path lies in the
+/// repository (the usual `clusters/x.yaml`), its real path must too (a committed symlink cannot
+/// make pailot read a file outside); a path an operator names outside the repository is read as
+/// given.
+pub fn load_cluster_in(repo_root: &Path, path: &Path, shown: &str) -> Result<Cluster, InputError> {
+    let text = if crate::confine::lexically_inside(repo_root, path) {
+        crate::confine::Root::new(repo_root, "the repository", ".")?.read_text(path, shown)?
+    } else {
+        crate::confine::read_text_unconfined(path, shown)?
+    };
+    parse_cluster(&text, shown)
+}
+
+fn parse_cluster(text: &str, shown: &str) -> Result<Cluster, InputError> {
+    let cluster: Cluster = overlay::parse_yaml(text, shown)?;
     if cluster.api_version != "pailot.dev/v1" {
         return Err(InputError::new(
             shown,
@@ -85,7 +102,7 @@ pub fn load_inputs(req: &RenderRequest) -> Result<Inputs, InputError> {
         req.repo_root.join(&req.cluster_file)
     };
     let cluster_file = display_path(&req.repo_root, &cluster_path);
-    let cluster = load_cluster(&cluster_path, &cluster_file)?;
+    let cluster = load_cluster_in(&req.repo_root, &cluster_path, &cluster_file)?;
     let charts = chart::load_charts(&req.repo_root)?;
     let (names, from) = match &req.overlays {
         Some(o) => (o.clone(), "--overlay".to_string()),

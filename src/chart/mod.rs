@@ -7,6 +7,7 @@ pub mod lint;
 pub mod load;
 pub mod package;
 pub mod render;
+pub mod strict_json;
 pub mod values;
 pub mod yaml;
 

@@ -233,7 +233,10 @@ fn line_in_layer(chart: &Chart, layer: &str, pointer: &str) -> Option<usize> {
     for _ in 0..depth {
         root = root.parent()?.to_path_buf();
     }
-    let text = std::fs::read_to_string(root.join(layer)).ok()?;
+    let text = crate::confine::Root::new(&root, "the repository", ".")
+        .ok()?
+        .read_text(&root.join(layer), layer)
+        .ok()?;
     let lines: Vec<&str> = text.lines().collect();
     let mut cursor = 0;
     let mut found = None;

@@ -43,6 +43,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
+    let _bounds = crate::limits::Limits::current().enforce("pailot explain");
     let (_, set) = render(&args.repo.request())?;
     let id = find_object(&set, &args.object)?;
     let obj = &set.objects[&id].object;

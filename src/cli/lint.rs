@@ -90,7 +90,7 @@ pub fn lint(root: &Path, req: &RenderRequest) -> LintReport {
         if let Err(e) = render(&creq) {
             r.problems.push(e);
         }
-        if let Ok(c) = crate::render::load_cluster(&root.join(&rel), &rel)
+        if let Ok(c) = crate::render::load_cluster_in(root, &root.join(&rel), &rel)
             && let Ok(list) = overlay::resolve(root, &c.overlays, &rel)
         {
             used.extend(list.into_iter().map(|o| o.name));
@@ -109,6 +109,7 @@ pub fn lint(root: &Path, req: &RenderRequest) -> LintReport {
 }
 
 pub fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
+    let _bounds = crate::limits::Limits::current().enforce("pailot lint");
     let report = lint(&args.repo.repo, &args.repo.request());
     for n in &report.notes {
         println!("note: {n}");

@@ -289,9 +289,20 @@ pub fn overlay_file(name: &str) -> String {
 /// Read and compile `overlays/<name>/overlay.yaml` (not its `extends`).
 pub fn load_overlay(repo_root: &Path, name: &str) -> Result<LoadedOverlay, InputError> {
     let file = overlay_file(name);
-    let text = std::fs::read_to_string(repo_root.join(&file))
-        .map_err(|e| InputError::new(&file, format!("cannot read overlay: {e}")))?;
-    let (overlay, lines) = parse_with_lines::<Overlay>(&text, &file, 4)?;
+    let root = crate::confine::Root::new(repo_root, "the repository", ".")?;
+    let text = root.read_text(&repo_root.join(&file), &file)?;
+    compile_overlay(repo_root, name, &text)
+}
+
+/// Parse and compile the text of overlay `name` (its `overlay.yaml`); patch files are read from
+/// its directory under `repo_root`.
+pub fn compile_overlay(
+    repo_root: &Path,
+    name: &str,
+    text: &str,
+) -> Result<LoadedOverlay, InputError> {
+    let file = overlay_file(name);
+    let (overlay, lines) = parse_with_lines::<Overlay>(text, &file, 4)?;
     if overlay.api_version != OVERLAY_API_VERSION {
         return Err(InputError::new(
             &file,
@@ -409,13 +420,16 @@ fn load_patch_file(
         .place(format!("patch {pi} file")));
     }
     let ops_file = format!("overlays/{name}/{rel}");
-    let text = std::fs::read_to_string(repo_root.join(&ops_file)).map_err(|e| {
-        InputError::new(
-            overlay_file,
-            format!("cannot read patch file {ops_file}: {e}"),
-        )
-        .place(format!("patch {pi} file"))
-    })?;
+    let root = crate::confine::Root::new(repo_root, "the repository", ".")?;
+    let text = root
+        .read_text(&repo_root.join(&ops_file), &ops_file)
+        .map_err(|e| {
+            InputError::new(
+                overlay_file,
+                format!("patch file {ops_file}: {}", e.message),
+            )
+            .place(format!("patch {pi} file"))
+        })?;
     let (ops, lines) = parse_with_lines::<Vec<PatchOp>>(&text, &ops_file, 1)?;
     let op_lines = (0..ops.len())
         .map(|i| lines.get(&format!("/{i}")))
@@ -425,48 +439,92 @@ fn load_patch_file(
 
 /// Load `names` (referenced from `from_file`) and everything they extend, in application order:
 /// for `[a, b]`: `a`'s extends (depth first, each overlay once), `a`, `b`'s extends not yet seen, `b`.
+///
+/// The walk keeps its own stack (no recursion), and a chain of `extends` longer than
+/// [`Limits::extends_depth`](crate::limits::Limits) is an error naming the overlay and the chain:
+/// a 10,000-overlay chain once overflowed the thread's stack.
 pub fn resolve(
     repo_root: &Path,
     names: &[String],
     from_file: &str,
 ) -> Result<Vec<LoadedOverlay>, InputError> {
+    let max_depth = crate::limits::Limits::current().extends_depth;
     let mut out = Vec::new();
     let mut done = BTreeSet::new();
-    let mut stack = Vec::new();
+    // The chain being walked: each overlay and the index of its next `extends` entry.
+    let mut stack: Vec<(LoadedOverlay, usize)> = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        visit(
-            repo_root,
-            name,
-            from_file,
-            &format!("overlays[{i}]"),
-            &mut stack,
-            &mut done,
-            &mut out,
-        )?;
+        let mut next = Some((
+            name.clone(),
+            from_file.to_string(),
+            format!("overlays[{i}]"),
+        ));
+        loop {
+            if let Some((name, from, place)) = next.take() {
+                if let Some(start) = stack.iter().position(|(o, _)| o.name == name) {
+                    let mut cycle: Vec<&str> = stack[start..]
+                        .iter()
+                        .map(|(o, _)| o.name.as_str())
+                        .collect();
+                    cycle.push(&name);
+                    return Err(InputError::new(
+                        &from,
+                        format!("extends cycle: {}", cycle.join(" -> ")),
+                    )
+                    .place(place));
+                }
+                if !done.contains(&name) {
+                    if stack.len() >= max_depth {
+                        let chain: Vec<&str> = stack.iter().map(|(o, _)| o.name.as_str()).collect();
+                        return Err(crate::limits::exceeded(
+                            &from,
+                            format_args!(
+                                "extends chain is deeper than {max_depth} overlays: {} -> {name}",
+                                abbreviate(&chain)
+                            ),
+                            "PAILOT_LIMIT_EXTENDS_DEPTH",
+                        )
+                        .place(place));
+                    }
+                    stack.push((enter(repo_root, &name, &from, &place)?, 0));
+                }
+            }
+            let Some((top, at)) = stack.last_mut() else {
+                break;
+            };
+            if let Some(parent) = top.overlay.extends.get(*at) {
+                next = Some((parent.clone(), top.file.clone(), format!("extends[{at}]")));
+                *at += 1;
+            } else {
+                let (loaded, _) = stack.pop().expect("non-empty");
+                done.insert(loaded.name.clone());
+                out.push(loaded);
+            }
+        }
     }
     Ok(out)
 }
 
-fn visit(
+/// `a -> b -> c`, or its first and last three names around `...` when longer.
+fn abbreviate(chain: &[&str]) -> String {
+    if chain.len() <= 7 {
+        chain.join(" -> ")
+    } else {
+        format!(
+            "{} -> ... -> {}",
+            chain[..3].join(" -> "),
+            chain[chain.len() - 3..].join(" -> ")
+        )
+    }
+}
+
+/// Check `name` (referenced from `from_file` at `place`) and load it.
+fn enter(
     repo_root: &Path,
     name: &str,
     from_file: &str,
     place: &str,
-    stack: &mut Vec<String>,
-    done: &mut BTreeSet<String>,
-    out: &mut Vec<LoadedOverlay>,
-) -> Result<(), InputError> {
-    if let Some(start) = stack.iter().position(|s| s == name) {
-        let mut cycle: Vec<&str> = stack[start..].iter().map(String::as_str).collect();
-        cycle.push(name);
-        return Err(
-            InputError::new(from_file, format!("extends cycle: {}", cycle.join(" -> ")))
-                .place(place),
-        );
-    }
-    if done.contains(name) {
-        return Ok(());
-    }
+) -> Result<LoadedOverlay, InputError> {
     if !valid_overlay_name(name) {
         return Err(
             InputError::new(from_file, format!("invalid overlay name `{name}`")).place(place),
@@ -480,23 +538,7 @@ fn visit(
         )
         .place(place));
     }
-    let loaded = load_overlay(repo_root, name)?;
-    stack.push(name.to_string());
-    for (i, parent) in loaded.overlay.extends.iter().enumerate() {
-        visit(
-            repo_root,
-            parent,
-            &loaded.file,
-            &format!("extends[{i}]"),
-            stack,
-            done,
-            out,
-        )?;
-    }
-    stack.pop();
-    done.insert(name.to_string());
-    out.push(loaded);
-    Ok(())
+    load_overlay(repo_root, name)
 }
 
 /// The charts the overlays select, from `available` (the charts in `charts/`): include/exclude
