@@ -11,7 +11,17 @@ pub fn options() -> serde_saphyr::Options {
     budget.max_documents = 1_000_000;
     budget.max_nodes = 50_000_000;
     budget.max_events = 200_000_000;
-    serde_saphyr::options! { legacy_octal_numbers: true, budget: Some(budget) }
+    serde_saphyr::options! {
+        legacy_octal_numbers: true,
+        budget: Some(budget),
+        // The spec's indentation rules for flow collections and quoted scalars (yaml-test-suite
+        // 9C9N, QB6E, DK95): serde-saphyr relaxes them unless asked.
+        strict_indentation: true,
+        // `!!binary` keeps its base64 text, which is what Kubernetes' `data` and `binaryData`
+        // fields hold; serde-saphyr would decode it, and refuse non-UTF-8 bytes with a hint
+        // about this very option.
+        ignore_binary_tag_for_string: true,
+    }
 }
 
 /// Parse a YAML stream into its non-empty documents (kubectl's YAML 1.1 reading: `0644` is octal).
@@ -59,6 +69,22 @@ pub fn yaml_error(file: &str, err: &serde_saphyr::Error) -> InputError {
     {
         message = &rest[i + 2..];
     }
+    // serde-saphyr words some errors for Rust programmers ("use Option<String>"); say what is
+    // wrong in the YAML instead.
+    let message = match err.without_snippet() {
+        serde_saphyr::Error::NullIntoString { .. } => {
+            "expected a string, found null (`~`, `null` or nothing): a mapping key must be a \
+             string, and a value that means the text must be quoted (\"null\")"
+        }
+        serde_saphyr::Error::Unexpected {
+            expected: "string scalar",
+            ..
+        } => {
+            "expected a string, found a sequence or mapping (a mapping key must be a string: \
+             complex keys are not supported)"
+        }
+        _ => message,
+    };
     let mut e = InputError::new(file, message.to_string());
     if let Some(loc) = err.location()
         && loc.line() > 0

@@ -255,7 +255,11 @@ fn parse_with_spans<T: serde::de::DeserializeOwned>(
 }
 
 fn yaml_options() -> serde_saphyr::Options {
-    serde_saphyr::options! { legacy_octal_numbers: true }
+    serde_saphyr::options! {
+        legacy_octal_numbers: true,
+        strict_indentation: true,
+        ignore_binary_tag_for_string: true,
+    }
 }
 
 /// Parse YAML text into `T`, naming `file` and the line/column on error.

@@ -29,3 +29,4 @@ mod server;
 mod source;
 mod strict_values;
 mod systemd;
+mod yaml_suite;
