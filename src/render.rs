@@ -187,6 +187,9 @@ pub fn render_with(
     req: &RenderRequest,
     mode: ProvenanceMode,
 ) -> Result<(Cluster, RenderedSet), InputError> {
+    crate::limits::set_activity(format_args!(
+        "loading charts, overlays and the cluster file"
+    ));
     let inputs = load_inputs(req)?;
     let mut ctx = inputs.context(req.revision.as_deref());
     ctx.record_origins = mode == ProvenanceMode::Record;
@@ -222,6 +225,7 @@ pub fn render_with(
         }
     }
     let record = mode == ProvenanceMode::Record;
+    crate::limits::set_activity(format_args!("applying overlay patches"));
     overlay::apply_patches(
         &inputs.overlays,
         &mut objects,

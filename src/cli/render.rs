@@ -35,10 +35,12 @@ pub fn run(args: RenderArgs) -> anyhow::Result<ExitCode> {
     if args.output == Output::Table {
         return Err(UsageError("`pailot render` writes `-o yaml` or `-o json`".into()).into());
     }
-    let _bounds = crate::limits::Limits::current().enforce("pailot render");
+    let bounds = crate::limits::Limits::current().enforce("pailot render");
     // Printing manifests needs no field provenance (`pailot explain` records it).
     let (_, set) = render_with(&args.repo.request(), ProvenanceMode::Skip)?;
     let json = (args.output == Output::Json).then(|| to_json(&set));
+    // Writing waits on whoever reads the output (`pailot render | less`): not render work.
+    drop(bounds);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let written = match &json {
         Some(text) => out.write_all(text.as_bytes()),
