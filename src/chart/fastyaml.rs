@@ -348,6 +348,10 @@ impl<'a> Reader<'a, '_> {
                     if ind > col as i64 {
                         self.pos += ind as usize;
                         self.seq_item(items.len(), |r| r.node_at(ind as usize, col as i64))?
+                    } else if self.tracking() {
+                        // An empty item has no node of its own to take a line from; where
+                        // serde-saphyr places it is its business (found by fuzzing).
+                        return None;
                     } else {
                         Value::Null
                     }
@@ -1207,6 +1211,14 @@ data:
                 }
             }
         }
+    }
+
+    #[test]
+    fn empty_items_are_not_given_a_line_of_our_own() {
+        // fuzz/fastyaml_differential: the empty last item got no line, serde-saphyr says 5.
+        let text = "-\n  name: Mark McGwire\n  hr:   65\n  avg:  0.278\n-\n";
+        assert_eq!(parse_document_with_lines(text, 1), None);
+        assert!(agrees(text), "without lines the fast reader still reads it");
     }
 
     #[test]
