@@ -876,6 +876,16 @@ fn resolve_plain(s: &str) -> Option<Value> {
         _ => {}
     }
     let b = s.as_bytes();
+    // Other spellings of those words (`faLse`, `nUll`) are strings to YAML 1.1 and 1.2, but
+    // serde-saphyr reads them case-insensitively (found by fuzzing): its call.
+    if b.len() <= 5
+        && matches!(
+            s.to_ascii_lowercase().as_str(),
+            "true" | "false" | "null" | "yes" | "no" | "on" | "off"
+        )
+    {
+        return None;
+    }
     if matches!(b[0], b'i' | b'I' | b'n' | b'N' | b'+' | b'-' | b'.') {
         let lower = s.to_ascii_lowercase();
         let unsigned = lower.trim_start_matches(['+', '-', '.']);
@@ -1211,6 +1221,16 @@ data:
                 }
             }
         }
+    }
+
+    #[test]
+    fn odd_spellings_of_yaml_words_are_left_to_serde_saphyr() {
+        // fuzz/fastyaml_differential: `faLse` is a string to YAML, `false` to serde-saphyr.
+        for word in ["faLse", "tRue", "NuLL", "yEs", "nO", "oFF", "oN"] {
+            assert_eq!(parse_stream(&format!("k: {word}\n")), None, "{word}");
+            assert_eq!(parse_stream(&format!("- {word}\n")), None, "{word}");
+        }
+        assert!(agrees("k: falsehood\n"));
     }
 
     #[test]
