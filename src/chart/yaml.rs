@@ -21,6 +21,9 @@ pub fn options() -> serde_saphyr::Options {
         // fields hold; serde-saphyr would decode it, and refuse non-UTF-8 bytes with a hint
         // about this very option.
         ignore_binary_tag_for_string: true,
+        // pailot reads no comments; buffering them made serde-saphyr refuse valid YAML with
+        // "too many buffered comments while looking ahead" (found by fuzzing).
+        emit_comments: false,
     }
 }
 
@@ -128,6 +131,14 @@ mod tests {
             .map(|i| format!("---\nkind: ConfigMap\nname: c{i}\n"))
             .collect();
         assert_eq!(parse_yaml_documents(&text, "big.yaml").unwrap().len(), 3000);
+    }
+
+    #[test]
+    fn many_comments_after_an_empty_node_are_fine() {
+        // fuzz/fastyaml_differential: 33 comment lines after `-` were "too many buffered comments".
+        let text = format!("-\n{}", "# a comment line\n".repeat(100));
+        let slow = serde_saphyr::from_multiple_with_options::<Value>(&text, options());
+        assert_eq!(slow.map_err(|e| e.to_string()), Ok(vec![json!([null])]));
     }
 
     #[test]

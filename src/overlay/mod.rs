@@ -259,6 +259,7 @@ fn yaml_options() -> serde_saphyr::Options {
         legacy_octal_numbers: true,
         strict_indentation: true,
         ignore_binary_tag_for_string: true,
+        emit_comments: false,
     }
 }
 
