@@ -356,6 +356,9 @@ impl<'a> Reader<'a, '_> {
                         Value::Null
                     }
                 }
+                // serde-saphyr places a block scalar item at its text, not its `|` (found by
+                // fuzzing): decline rather than record another line.
+                Some(b'|') if self.tracking() => return None,
                 _ => {
                     let c = col + 1 + spaces;
                     self.seq_item(items.len(), |r| r.node_at(c, col as i64))?
@@ -1231,6 +1234,13 @@ data:
             assert_eq!(parse_stream(&format!("- {word}\n")), None, "{word}");
         }
         assert!(agrees("k: falsehood\n"));
+    }
+
+    #[test]
+    fn block_scalar_items_are_not_given_a_line_of_our_own() {
+        // fuzz/fastyaml_differential: we said line 1 (the `|`), serde-saphyr line 2.
+        assert_eq!(parse_document_with_lines("   - |\n     text\n", 1), None);
+        assert!(agrees("   - |\n     text\n"));
     }
 
     #[test]
