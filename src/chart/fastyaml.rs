@@ -347,6 +347,9 @@ impl<'a> Reader<'a, '_> {
                     let ind = self.next_content_line()?;
                     if ind > col as i64 {
                         self.pos += ind as usize;
+                        if self.tracking() && self.peek() == Some(b'|') {
+                            return None; // a block scalar item, as below
+                        }
                         self.seq_item(items.len(), |r| r.node_at(ind as usize, col as i64))?
                     } else if self.tracking() {
                         // An empty item has no node of its own to take a line from; where
@@ -1240,6 +1243,7 @@ data:
     fn block_scalar_items_are_not_given_a_line_of_our_own() {
         // fuzz/fastyaml_differential: we said line 1 (the `|`), serde-saphyr line 2.
         assert_eq!(parse_document_with_lines("   - |\n     text\n", 1), None);
+        assert_eq!(parse_document_with_lines("- # c\n  |\n  text\n", 1), None);
         assert!(agrees("   - |\n     text\n"));
     }
 
