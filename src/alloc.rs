@@ -60,41 +60,66 @@ fn runs_daemon() -> bool {
         .any(|arg| arg == b"daemon")
 }
 
+/// While pailot's memory limit is in force (`pailot::limits::heap`), count the heap and refuse
+/// the allocation that would pass it: the process then says which limit it hit and exits with
+/// code 2, instead of growing until the kernel kills it or Rust aborts (exit 134, "memory
+/// allocation failed"). A null from the allocator itself is reported the same way.
+#[inline]
+fn admit(size: usize) {
+    if !pailot::limits::heap::grow(size) {
+        pailot::limits::memory_exhausted(size);
+    }
+}
+
+/// A daemon helper runs under `RLIMIT_AS` and exits with its own code when the kernel refuses memory
+/// (`pailot::oom`), so the daemon reads "exceeded helpers.memory" rather than a crash.
+#[inline]
+fn checked(p: *mut u8, size: usize) -> *mut u8 {
+    if p.is_null() {
+        pailot::oom::exit_if_set(size);
+        if pailot::limits::heap::limit() > 0 {
+            pailot::limits::memory_exhausted(size);
+        }
+    }
+    p
+}
+
 // SAFETY: every call goes to the allocator `mode()` picked, which never changes after the first
 // call, so a block is always freed or resized by the allocator that returned it.
 unsafe impl GlobalAlloc for PerCommand {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe {
-            if mode() == MIMALLOC {
-                MiMalloc.alloc(layout)
-            } else {
-                System.alloc(layout)
-            }
-        };
-        if p.is_null() {
-            pailot::oom::exit_if_set(layout.size());
+        admit(layout.size());
+        unsafe {
+            checked(
+                if mode() == MIMALLOC {
+                    MiMalloc.alloc(layout)
+                } else {
+                    System.alloc(layout)
+                },
+                layout.size(),
+            )
         }
-        p
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe {
-            if mode() == MIMALLOC {
-                MiMalloc.alloc_zeroed(layout)
-            } else {
-                System.alloc_zeroed(layout)
-            }
-        };
-        if p.is_null() {
-            pailot::oom::exit_if_set(layout.size());
+        admit(layout.size());
+        unsafe {
+            checked(
+                if mode() == MIMALLOC {
+                    MiMalloc.alloc_zeroed(layout)
+                } else {
+                    System.alloc_zeroed(layout)
+                },
+                layout.size(),
+            )
         }
-        p
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        pailot::limits::heap::shrink(layout.size());
         unsafe {
             if mode() == MIMALLOC {
                 MiMalloc.dealloc(ptr, layout)
@@ -106,17 +131,20 @@ unsafe impl GlobalAlloc for PerCommand {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe {
-            if mode() == MIMALLOC {
-                MiMalloc.realloc(ptr, layout, new_size)
-            } else {
-                System.realloc(ptr, layout, new_size)
-            }
-        };
-        if p.is_null() {
-            pailot::oom::exit_if_set(new_size);
+        match new_size.checked_sub(layout.size()) {
+            Some(more) => admit(more),
+            None => pailot::limits::heap::shrink(layout.size() - new_size),
         }
-        p
+        unsafe {
+            checked(
+                if mode() == MIMALLOC {
+                    MiMalloc.realloc(ptr, layout, new_size)
+                } else {
+                    System.realloc(ptr, layout, new_size)
+                },
+                new_size,
+            )
+        }
     }
 }
 

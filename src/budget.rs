@@ -12,8 +12,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cluster::{Cluster, Machine, Role};
+use crate::diag::InputError;
 use crate::manifest::{ObjectId, RenderedSet};
-use crate::quantity::{parse_cpu, parse_cpu_value, parse_memory, parse_memory_value};
+use crate::quantity::{parse_count_value, parse_cpu_value, parse_memory_value};
 
 /// Annotation marking a Pod written as a kubelet static pod (the control plane).
 pub use crate::manifest::STATIC_POD_ANNOTATION;
@@ -148,30 +149,64 @@ impl Amounts {
     }
 }
 
-fn container_amounts(c: &Value) -> Amounts {
+/// Where a pod spec sits, for messages: the object, the template that rendered it, the pointer.
+struct PodAt<'a> {
+    object: &'a str,
+    template: &'a str,
+    spec_pointer: &'a str,
+}
+
+impl PodAt<'_> {
+    /// The error for a quantity at `pointer` (relative to the pod spec) that does not parse.
+    fn bad_quantity(&self, pointer: &str, e: crate::quantity::QuantityError) -> InputError {
+        InputError::new(self.template, e.to_string())
+            .object(self.object)
+            .pointer(format!("{}{pointer}", self.spec_pointer))
+    }
+}
+
+fn container_amounts(at: &PodAt<'_>, c: &Value, c_ptr: &str) -> Result<Amounts, InputError> {
     let res = c.get("resources");
-    let get =
-        |section: &str, name: &str| res.and_then(|r| r.get(section)).and_then(|s| s.get(name));
-    let mem = |v: Option<&Value>| v.and_then(|v| parse_memory_value(v).ok());
-    let cpu = |v: Option<&Value>| v.and_then(|v| parse_cpu_value(v).ok());
-    let gpu = |v: Option<&Value>| v.and_then(|v| parse_cpu_value(v).ok()).map(|m| m / 1000);
-    let (rm, lm) = (mem(get("requests", "memory")), mem(get("limits", "memory")));
-    let (rc, lc) = (cpu(get("requests", "cpu")), cpu(get("limits", "cpu")));
-    let (rg, lg) = (
-        gpu(get("requests", GPU_RESOURCE)),
-        gpu(get("limits", GPU_RESOURCE)),
+    let get = |section: &str, name: &str| {
+        res.and_then(|r| r.get(section))
+            .and_then(|s| s.get(name))
+            .map(|v| {
+                (
+                    v,
+                    format!("{c_ptr}/resources/{section}/{}", name.replace('/', "~1")),
+                )
+            })
+    };
+    type Parse = fn(&Value) -> Result<u64, crate::quantity::QuantityError>;
+    let read = |section: &str, name: &str, parse: Parse| -> Result<Option<u64>, InputError> {
+        get(section, name)
+            .map(|(v, ptr)| parse(v).map_err(|e| at.bad_quantity(&ptr, e)))
+            .transpose()
+    };
+    let (rm, lm) = (
+        read("requests", "memory", parse_memory_value)?,
+        read("limits", "memory", parse_memory_value)?,
     );
-    Amounts {
+    let (rc, lc) = (
+        read("requests", "cpu", parse_cpu_value)?,
+        read("limits", "cpu", parse_cpu_value)?,
+    );
+    let (rg, lg) = (
+        read("requests", GPU_RESOURCE, parse_count_value)?,
+        read("limits", GPU_RESOURCE, parse_count_value)?,
+    );
+    Ok(Amounts {
         req_mem: rm.or(lm).unwrap_or(0),
         req_cpu: rc.or(lc).unwrap_or(0),
         req_gpu: rg.or(lg).unwrap_or(0),
         lim_mem: lm.unwrap_or(0),
         lim_cpu: lc.unwrap_or(0),
-    }
+    })
 }
 
 /// Per-container items of one pod (without machine/replica) and the pod's total.
-fn pod_items(object: &str, spec: &Value) -> (Vec<BudgetItem>, Amounts) {
+fn pod_items(at: &PodAt<'_>, spec: &Value) -> Result<(Vec<BudgetItem>, Amounts), InputError> {
+    let object = at.object;
     let mut items = Vec::new();
     let mut sum = Amounts::default();
     let list = |k: &str| {
@@ -198,21 +233,21 @@ fn pod_items(object: &str, spec: &Value) -> (Vec<BudgetItem>, Amounts) {
     };
     // Sidecar init containers (restartPolicy: Always) run alongside the containers.
     let mut max_init = Amounts::default();
-    for c in list("initContainers") {
-        let a = container_amounts(&c);
+    for (i, c) in list("initContainers").iter().enumerate() {
+        let a = container_amounts(at, c, &format!("/initContainers/{i}"))?;
         if c.get("restartPolicy").and_then(Value::as_str) == Some("Always") {
             sum.add(&a);
-            push(&c, &a, &mut items);
+            push(c, &a, &mut items);
         } else {
             max_init.req_mem = max_init.req_mem.max(a.req_mem);
             max_init.req_cpu = max_init.req_cpu.max(a.req_cpu);
             max_init.req_gpu = max_init.req_gpu.max(a.req_gpu);
         }
     }
-    for c in list("containers") {
-        let a = container_amounts(&c);
+    for (i, c) in list("containers").iter().enumerate() {
+        let a = container_amounts(at, c, &format!("/containers/{i}"))?;
         sum.add(&a);
-        push(&c, &a, &mut items);
+        push(c, &a, &mut items);
     }
     let excess = Amounts {
         req_mem: max_init.req_mem.saturating_sub(sum.req_mem),
@@ -234,11 +269,13 @@ fn pod_items(object: &str, spec: &Value) -> (Vec<BudgetItem>, Amounts) {
     if let Some(overhead) = spec.get("overhead") {
         let mem = overhead
             .get("memory")
-            .and_then(|v| parse_memory_value(v).ok())
+            .map(|v| parse_memory_value(v).map_err(|e| at.bad_quantity("/overhead/memory", e)))
+            .transpose()?
             .unwrap_or(0);
         let cpu = overhead
             .get("cpu")
-            .and_then(|v| parse_cpu_value(v).ok())
+            .map(|v| parse_cpu_value(v).map_err(|e| at.bad_quantity("/overhead/cpu", e)))
+            .transpose()?
             .unwrap_or(0);
         if mem > 0 || cpu > 0 {
             let a = Amounts {
@@ -256,7 +293,7 @@ fn pod_items(object: &str, spec: &Value) -> (Vec<BudgetItem>, Amounts) {
             });
         }
     }
-    (items, sum)
+    Ok((items, sum))
 }
 
 /// True when `labels` satisfy the pod's `nodeSelector` and required node affinity.
@@ -344,6 +381,15 @@ enum Placement<'a> {
     Replicas(u64, &'a Value),
 }
 
+/// Where the pod spec of a workload of `kind` is.
+fn spec_pointer(kind: &str) -> &'static str {
+    if kind == "Pod" {
+        "/spec"
+    } else {
+        "/spec/template/spec"
+    }
+}
+
 fn placement<'a>(id: &ObjectId, obj: &'a Value) -> Option<Placement<'a>> {
     let tmpl_spec = || obj.pointer("/spec/template/spec");
     let count = |p: &str, default: u64| obj.pointer(p).and_then(Value::as_u64).unwrap_or(default);
@@ -369,14 +415,18 @@ fn placement<'a>(id: &ObjectId, obj: &'a Value) -> Option<Placement<'a>> {
 }
 
 /// Compute the budget of `set` on `cluster`'s machines.
-pub fn compute(cluster: &Cluster, set: &RenderedSet) -> Budget {
+///
+/// A request, limit or overhead that is not a valid quantity (`64GiB`, `-1`, `lots`) is an
+/// error naming the template, the object and the JSON pointer: counting it as 0 would let an
+/// over-committed machine pass as fitting.
+pub fn compute(cluster: &Cluster, set: &RenderedSet) -> Result<Budget, InputError> {
     let mut machines: Vec<MachineBudget> = cluster
         .machines
         .iter()
         .map(|m| MachineBudget {
             machine: m.name.clone(),
-            capacity_memory: parse_memory(&m.capacity.memory).unwrap_or(0),
-            capacity_cpu_milli: parse_cpu(&m.capacity.cpu).unwrap_or(0),
+            capacity_memory: m.capacity.memory.units(),
+            capacity_cpu_milli: m.capacity.cpu.millis(),
             capacity_gpu: u64::from(m.capacity.gpu),
             ..Default::default()
         })
@@ -404,9 +454,14 @@ pub fn compute(cluster: &Cluster, set: &RenderedSet) -> Budget {
             continue;
         };
         let object = id.display_name();
+        let at = PodAt {
+            object: &object,
+            template: &ro.template,
+            spec_pointer: spec_pointer(&id.kind),
+        };
         match p {
             Placement::EveryMatching(spec) => {
-                let (items, total) = pod_items(&object, spec);
+                let (items, total) = pod_items(&at, spec)?;
                 for (i, m) in cluster.machines.iter().enumerate() {
                     if node_matches(spec, m) {
                         place(&mut machines[i], &items, &total, 0);
@@ -414,7 +469,7 @@ pub fn compute(cluster: &Cluster, set: &RenderedSet) -> Budget {
                 }
             }
             Placement::EveryK8sMaster(spec) => {
-                let (items, total) = pod_items(&object, spec);
+                let (items, total) = pod_items(&at, spec)?;
                 for (i, m) in cluster.machines.iter().enumerate() {
                     if m.has(Role::K8sMaster) {
                         place(&mut machines[i], &items, &total, 0);
@@ -422,17 +477,19 @@ pub fn compute(cluster: &Cluster, set: &RenderedSet) -> Budget {
                 }
             }
             Placement::Node(node, spec) => {
-                let (items, total) = pod_items(&object, spec);
+                let (items, total) = pod_items(&at, spec)?;
                 match cluster.machines.iter().position(|m| m.name == node) {
                     Some(i) => place(&mut machines[i], &items, &total, 0),
                     None => unplaced.extend(items),
                 }
             }
-            Placement::Replicas(n, spec) => replicated.push((object, n, spec)),
+            Placement::Replicas(n, spec) => {
+                let pod = pod_items(&at, spec)?;
+                replicated.push((n, spec, pod));
+            }
         }
     }
-    for (object, n, spec) in replicated {
-        let (items, total) = pod_items(&object, spec);
+    for (n, spec, (items, total)) in replicated {
         let matching: Vec<usize> = cluster
             .machines
             .iter()
@@ -463,7 +520,7 @@ pub fn compute(cluster: &Cluster, set: &RenderedSet) -> Budget {
             && mb.requests_cpu_milli <= mb.capacity_cpu_milli
             && mb.requests_gpu <= mb.capacity_gpu;
     }
-    Budget { machines, unplaced }
+    Ok(Budget { machines, unplaced })
 }
 
 #[cfg(test)]
@@ -480,8 +537,8 @@ mod tests {
             address: "10.0.0.1".into(),
             roles,
             capacity: Capacity {
-                memory: mem.into(),
-                cpu: "8".into(),
+                memory: mem.parse().unwrap(),
+                cpu: "8".parse().unwrap(),
                 gpu: 0,
             },
             labels: Default::default(),
@@ -531,6 +588,10 @@ mod tests {
 
     const GI: u64 = 1024 * 1024 * 1024;
 
+    fn compute_ok(c: &Cluster, s: &RenderedSet) -> Budget {
+        compute(c, s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     #[test]
     fn limit_only_counts_as_request_and_init_max_vs_sum() {
         let spec = json!({
@@ -540,7 +601,7 @@ mod tests {
             {"name": "b", "resources": {"requests": {"memory": "1Gi"}, "limits": {"memory": "2Gi"}}}
         ]});
         let c = cluster(vec![machine("n1", vec![Role::PaiMaster], "4Gi")]);
-        let b = compute(&c, &set(vec![workload("DaemonSet", "ds", json!({}), spec)]));
+        let b = compute_ok(&c, &set(vec![workload("DaemonSet", "ds", json!({}), spec)]));
         let m = &b.machines[0];
         assert_eq!(m.requests_memory, 3 * GI, "max(init 3Gi, 1Gi+1Gi)");
         assert_eq!(m.limits_memory, 3 * GI);
@@ -562,7 +623,7 @@ mod tests {
             machine("w1", vec![Role::PaiWorker], "8Gi"),
             machine("w2", vec![Role::PaiWorker], "8Gi"),
         ]);
-        let b = compute(&c, &set(vec![workload("DaemonSet", "ds", json!({}), spec)]));
+        let b = compute_ok(&c, &set(vec![workload("DaemonSet", "ds", json!({}), spec)]));
         let mem: Vec<u64> = b.machines.iter().map(|m| m.requests_memory).collect();
         assert_eq!(mem, vec![0, GI, GI]);
     }
@@ -581,7 +642,7 @@ mod tests {
             machine("w1", vec![Role::PaiWorker], "8Gi"),
             machine("w2", vec![Role::PaiWorker], "8Gi"),
         ]);
-        let b = compute(&c, &set(vec![workload("DaemonSet", "ds", json!({}), spec)]));
+        let b = compute_ok(&c, &set(vec![workload("DaemonSet", "ds", json!({}), spec)]));
         let mem: Vec<u64> = b.machines.iter().map(|m| m.requests_memory / GI).collect();
         assert_eq!(mem, vec![1, 0, 0, 1]);
     }
@@ -593,7 +654,7 @@ mod tests {
             machine("a", vec![Role::PaiWorker], "8Gi"),
             machine("b", vec![Role::PaiWorker], "4Gi"),
         ]);
-        let b = compute(
+        let b = compute_ok(
             &c,
             &set(vec![workload(
                 "Deployment",
@@ -607,7 +668,7 @@ mod tests {
         assert_eq!(mem, vec![6, 3]);
         assert!(b.fits());
         let spec = pod_spec(json!([{"name": "c", "resources": {"requests": {"memory": "5Gi"}}}]));
-        let b = compute(
+        let b = compute_ok(
             &c,
             &set(vec![workload(
                 "StatefulSet",
@@ -630,7 +691,7 @@ mod tests {
         let mut w = machine("w", vec![Role::PaiWorker], "8Gi");
         w.capacity.gpu = 1;
         let c = cluster(vec![machine("k", vec![Role::K8sMaster], "1Gi"), w]);
-        let b = compute(&c, &set(vec![static_pod, job]));
+        let b = compute_ok(&c, &set(vec![static_pod, job]));
         assert_eq!(b.machines[0].requests_memory, GI);
         assert_eq!(b.machines[0].requests_cpu_milli, 250);
         assert_eq!(
@@ -647,10 +708,10 @@ mod tests {
     }
 
     #[test]
-    fn absurd_quantities_and_replicas_neither_panic_nor_hang() {
+    fn absurd_replicas_neither_panic_nor_hang() {
         let spec = pod_spec(json!([
-            {"name": "a", "resources": {"requests": {"memory": "99999999999999999999999Ti", "cpu": "1e9"}}},
-            {"name": "b", "resources": {"limits": {"memory": 18446744073709551615u64, "nvidia.com/gpu": "x"}}},
+            {"name": "a", "resources": {"requests": {"memory": "8Ei", "cpu": "1e9"}}},
+            {"name": "b", "resources": {"limits": {"memory": 18446744073709551615u64}}},
             {"name": "c", "resources": "not a map"}
         ]));
         let c = cluster(vec![machine("a", vec![Role::PaiWorker], "8Gi")]);
@@ -660,17 +721,47 @@ mod tests {
             json!({"replicas": 1_000_000_000_000u64}),
             spec,
         )];
-        let b = compute(&c, &set(objs));
+        let b = compute_ok(&c, &set(objs));
         assert_eq!(b.machines[0].requests_memory, u64::MAX);
         assert!(!b.fits());
         assert!(b.machines[0].items.len() as u64 <= 3 * MAX_REPLICAS);
     }
 
     #[test]
+    fn invalid_quantities_are_errors_naming_object_and_pointer() {
+        let c = cluster(vec![machine("a", vec![Role::PaiWorker], "8Gi")]);
+        for (resources, pointer) in [
+            (
+                json!({"requests": {"memory": "64GiB"}}),
+                "/spec/template/spec/containers/0/resources/requests/memory",
+            ),
+            (
+                json!({"limits": {"cpu": "-1"}}),
+                "/spec/template/spec/containers/0/resources/limits/cpu",
+            ),
+            (
+                json!({"limits": {"nvidia.com/gpu": "x"}}),
+                "/spec/template/spec/containers/0/resources/limits/nvidia.com~1gpu",
+            ),
+            (
+                json!({"requests": {"memory": "99999999999999999999999Ti"}}),
+                "/spec/template/spec/containers/0/resources/requests/memory",
+            ),
+        ] {
+            let spec = pod_spec(json!([{"name": "a", "resources": resources}]));
+            let e =
+                compute(&c, &set(vec![workload("Deployment", "d", json!({}), spec)])).unwrap_err();
+            assert_eq!(e.pointer.as_deref(), Some(pointer), "{e}");
+            assert_eq!(e.object.as_deref(), Some("Deployment/default/d"));
+            assert_eq!(e.file.to_str(), Some("t"));
+        }
+    }
+
+    #[test]
     fn unmatched_selector_is_unplaced() {
         let spec = json!({"nodeSelector": {"gpu": "yes"}, "containers": [{"name": "c"}]});
         let c = cluster(vec![machine("a", vec![Role::PaiWorker], "8Gi")]);
-        let b = compute(&c, &set(vec![workload("Deployment", "d", json!({}), spec)]));
+        let b = compute_ok(&c, &set(vec![workload("Deployment", "d", json!({}), spec)]));
         assert_eq!(b.unplaced.len(), 1);
         assert_eq!(b.machines[0].requests_memory, 0);
     }

@@ -6,6 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::quantity::Quantity;
+
 /// A cluster pailot deploys to: which machines with which roles, and which overlays apply.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -310,14 +312,15 @@ pub struct Machine {
 /// label NVIDIA's GPU feature discovery and GPU operator set, so their DaemonSets and ours agree.
 pub const GPU_NODE_LABEL: &str = "nvidia.com/gpu.present";
 
-/// What a machine offers to the scheduler.
+/// What a machine offers to the scheduler. Quantities are checked when the file is read: a
+/// misspelt capacity (`32GiB`, `-16Gi`, `lots`) is an error at its line, never 0.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Capacity {
     /// Memory, as a Kubernetes quantity (`32Gi`).
-    pub memory: String,
+    pub memory: Quantity,
     /// CPU, as a Kubernetes quantity (`8`, `7500m`).
-    pub cpu: String,
+    pub cpu: Quantity,
     /// Number of NVIDIA GPUs.
     #[serde(default)]
     pub gpu: u32,

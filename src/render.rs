@@ -47,11 +47,28 @@ pub(crate) fn display_path(repo_root: &Path, p: &Path) -> String {
     rel.to_string_lossy().replace('\\', "/")
 }
 
-/// Read and check a Cluster file; `shown` is the name used in messages.
+/// Read and check a Cluster file named by an operator; `shown` is the name used in messages.
+/// Only its size is bounded: a repository's own cluster file is read with [`load_cluster_in`].
 pub fn load_cluster(path: &Path, shown: &str) -> Result<Cluster, InputError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| InputError::new(shown, format!("cannot read cluster file: {e}")))?;
-    let cluster: Cluster = overlay::parse_yaml(&text, shown)?;
+    let text = crate::confine::read_text_unconfined(path, shown)?;
+    parse_cluster(&text, shown)
+}
+
+/// Read the Cluster file `path` of the repository at `repo_root`: when the path lies in the
+/// repository (the usual `clusters/x.yaml`), its real path must too (a committed symlink cannot
+/// make pailot read a file outside); a path an operator names outside the repository is read as
+/// given.
+pub fn load_cluster_in(repo_root: &Path, path: &Path, shown: &str) -> Result<Cluster, InputError> {
+    let text = if crate::confine::lexically_inside(repo_root, path) {
+        crate::confine::Root::new(repo_root, "the repository", ".")?.read_text(path, shown)?
+    } else {
+        crate::confine::read_text_unconfined(path, shown)?
+    };
+    parse_cluster(&text, shown)
+}
+
+fn parse_cluster(text: &str, shown: &str) -> Result<Cluster, InputError> {
+    let cluster: Cluster = overlay::parse_yaml(text, shown)?;
     if cluster.api_version != "pailot.dev/v1" {
         return Err(InputError::new(
             shown,
@@ -99,7 +116,7 @@ pub fn load_inputs(req: &RenderRequest) -> Result<Inputs, InputError> {
         req.repo_root.join(&req.cluster_file)
     };
     let cluster_file = display_path(&req.repo_root, &cluster_path);
-    let cluster = load_cluster(&cluster_path, &cluster_file)?;
+    let cluster = load_cluster_in(&req.repo_root, &cluster_path, &cluster_file)?;
     // One keyring per render: the identities are read once, on the first encrypted file.
     let keyring = Keyring::new(req.age_keys.clone());
     let charts = chart::load_charts_with(&req.repo_root, &keyring)?;
@@ -350,6 +367,9 @@ pub fn render_with(
     req: &RenderRequest,
     mode: ProvenanceMode,
 ) -> Result<(Cluster, RenderedSet), InputError> {
+    crate::limits::set_activity(format_args!(
+        "loading charts, overlays and the cluster file"
+    ));
     let inputs = load_inputs(req)?;
     let set = render_inputs(&inputs, req.revision.as_deref(), mode)?;
     Ok((inputs.cluster, set))
@@ -403,6 +423,7 @@ pub fn render_inputs(
         }
     }
     let record = mode == ProvenanceMode::Record;
+    crate::limits::set_activity(format_args!("applying overlay patches"));
     overlay::apply_patches_tracked(
         &inputs.overlays,
         &mut objects,

@@ -347,11 +347,21 @@ impl<'a> Reader<'a, '_> {
                     let ind = self.next_content_line()?;
                     if ind > col as i64 {
                         self.pos += ind as usize;
+                        if self.tracking() && self.peek() == Some(b'|') {
+                            return None; // a block scalar item, as below
+                        }
                         self.seq_item(items.len(), |r| r.node_at(ind as usize, col as i64))?
+                    } else if self.tracking() {
+                        // An empty item has no node of its own to take a line from; where
+                        // serde-saphyr places it is its business (found by fuzzing).
+                        return None;
                     } else {
                         Value::Null
                     }
                 }
+                // serde-saphyr places a block scalar item at its text, not its `|` (found by
+                // fuzzing): decline rather than record another line.
+                Some(b'|') if self.tracking() => return None,
                 _ => {
                     let c = col + 1 + spaces;
                     self.seq_item(items.len(), |r| r.node_at(c, col as i64))?
@@ -872,6 +882,16 @@ fn resolve_plain(s: &str) -> Option<Value> {
         _ => {}
     }
     let b = s.as_bytes();
+    // Other spellings of those words (`faLse`, `nUll`) are strings to YAML 1.1 and 1.2, but
+    // serde-saphyr reads them case-insensitively (found by fuzzing): its call.
+    if b.len() <= 5
+        && matches!(
+            s.to_ascii_lowercase().as_str(),
+            "true" | "false" | "null" | "yes" | "no" | "on" | "off"
+        )
+    {
+        return None;
+    }
     if matches!(b[0], b'i' | b'I' | b'n' | b'N' | b'+' | b'-' | b'.') {
         let lower = s.to_ascii_lowercase();
         let unsigned = lower.trim_start_matches(['+', '-', '.']);
@@ -1207,6 +1227,32 @@ data:
                 }
             }
         }
+    }
+
+    #[test]
+    fn odd_spellings_of_yaml_words_are_left_to_serde_saphyr() {
+        // fuzz/fastyaml_differential: `faLse` is a string to YAML, `false` to serde-saphyr.
+        for word in ["faLse", "tRue", "NuLL", "yEs", "nO", "oFF", "oN"] {
+            assert_eq!(parse_stream(&format!("k: {word}\n")), None, "{word}");
+            assert_eq!(parse_stream(&format!("- {word}\n")), None, "{word}");
+        }
+        assert!(agrees("k: falsehood\n"));
+    }
+
+    #[test]
+    fn block_scalar_items_are_not_given_a_line_of_our_own() {
+        // fuzz/fastyaml_differential: we said line 1 (the `|`), serde-saphyr line 2.
+        assert_eq!(parse_document_with_lines("   - |\n     text\n", 1), None);
+        assert_eq!(parse_document_with_lines("- # c\n  |\n  text\n", 1), None);
+        assert!(agrees("   - |\n     text\n"));
+    }
+
+    #[test]
+    fn empty_items_are_not_given_a_line_of_our_own() {
+        // fuzz/fastyaml_differential: the empty last item got no line, serde-saphyr says 5.
+        let text = "-\n  name: Mark McGwire\n  hr:   65\n  avg:  0.278\n-\n";
+        assert_eq!(parse_document_with_lines(text, 1), None);
+        assert!(agrees(text), "without lines the fast reader still reads it");
     }
 
     #[test]

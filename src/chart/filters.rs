@@ -14,6 +14,8 @@ pub fn new_environment() -> Environment<'static> {
     // Before any template is added: YAML templates must not be HTML/JSON-escaped.
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // Fuel bounds both the instructions a render runs and the data it creates (docs/limits.md).
+    env.set_fuel(Some(crate::limits::Limits::current().template_fuel));
     env.set_unknown_method_callback(super::pylist::unknown_method_callback);
     env.add_filter(super::pylist::FILTER, super::pylist::to_pylist);
     env.add_filter("to_yaml", to_yaml);
@@ -120,23 +122,14 @@ impl FilesObject {
                 "files.get({rel:?}): path leaves the chart's files/ directory"
             ));
         }
-        let root = self
-            .root
-            .canonicalize()
+        let root = crate::confine::Root::new(&self.root, "the chart's files/ directory", "files")
             .map_err(|_| format!("files.get({rel:?}): the chart has no files/ directory"))?;
-        let full = root
-            .join(p)
-            .canonicalize()
-            .map_err(|_| format!("files.get({rel:?}): no such file under files/"))?;
-        if !full.starts_with(&root) {
-            return Err(format!(
-                "files.get({rel:?}): path resolves outside the chart's files/ directory"
-            ));
+        let full = self.root.join(p);
+        if !full.exists() {
+            return Err(format!("files.get({rel:?}): no such file under files/"));
         }
-        if !full.is_file() {
-            return Err(format!("files.get({rel:?}): not a file"));
-        }
-        std::fs::read_to_string(&full).map_err(|e| format!("files.get({rel:?}): {e}"))
+        root.read_text(&full, rel)
+            .map_err(|e| format!("files.get({rel:?}): {}", e.message))
     }
 }
 

@@ -32,8 +32,8 @@ pub fn sample_cluster() -> Cluster {
                 Role::Dashboard,
             ],
             capacity: Capacity {
-                memory: "32Gi".into(),
-                cpu: "8".into(),
+                memory: "32Gi".parse().expect("a valid quantity"),
+                cpu: "8".parse().expect("a valid quantity"),
                 gpu: 0,
             },
             labels: Default::default(),
@@ -74,12 +74,8 @@ pub fn lint_chart(
             "no Chart.yaml: not a chart directory",
         ));
     }
-    std::fs::read_to_string(&chart_yaml).map_err(|e| {
-        InputError::new(
-            super::rel_path(root, &chart_yaml),
-            format!("cannot read file: {e}"),
-        )
-    })?;
+    crate::confine::Root::new(root, "the repository", ".")?
+        .read_text(&chart_yaml, &super::rel_path(root, &chart_yaml))?;
     let chart = match load::load_chart_with(root, dir, keyring) {
         Ok(c) => c,
         Err(e) => return Ok(vec![e]),

@@ -1,12 +1,13 @@
 //! Loading a chart directory from disk: metadata, values, schema, templates (compiled), files index.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::{CHART_API_VERSION, Chart, ChartMeta, TemplateFile, rel_path};
+use crate::confine::Root;
 use crate::diag::InputError;
 
 /// Encrypted chart defaults, merged after `values.yaml` (the first that exists).
@@ -51,25 +52,59 @@ pub fn load_charts_with(
     Ok(out)
 }
 
-fn read_text(path: &Path, rel: &str) -> Result<String, InputError> {
-    std::fs::read_to_string(path)
-        .map_err(|e| InputError::new(rel, format!("cannot read file: {e}")))
+/// The repository root every file of a chart under `repo_root` must resolve inside.
+fn repo(repo_root: &Path) -> Result<Root, InputError> {
+    Root::new(repo_root, "the repository", ".")
 }
 
-fn is_semver(v: &str) -> bool {
-    let core = v.split(['-', '+']).next().unwrap_or("");
+/// Whether `v` is a semantic version (semver.org 2.0: `MAJOR.MINOR.PATCH`, numbers without
+/// leading zeros, optional `-pre.release` and `+build.meta` of `[0-9A-Za-z-]` identifiers).
+/// The version ends up in file names (`chart package`), so nothing else may pass.
+pub fn is_semver(v: &str) -> bool {
+    let (rest, build) = match v.split_once('+') {
+        Some((r, b)) => (r, Some(b)),
+        None => (v, None),
+    };
+    let (core, pre) = match rest.split_once('-') {
+        Some((c, p)) => (c, Some(p)),
+        None => (rest, None),
+    };
+    let ident =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let numeric = |s: &str| {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'))
+    };
     let parts: Vec<&str> = core.split('.').collect();
     parts.len() == 3
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && parts.iter().all(|p| numeric(p))
+        && pre.is_none_or(|p| {
+            p.split('.')
+                .all(|i| ident(i) && (!i.bytes().all(|b| b.is_ascii_digit()) || numeric(i)))
+        })
+        && build.is_none_or(|b| b.split('.').all(ident))
+}
+
+/// Whether `name` is a DNS-1123 label (lowercase letters, digits and `-`, starting and ending
+/// with a letter or digit, at most 63 characters): chart names become file names and labels.
+pub fn is_dns1123_label(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
 }
 
 /// Read and check `Chart.yaml` in `dir` (apiVersion, semver version, name equal to the directory name).
 pub fn load_meta(repo_root: &Path, dir: &Path) -> Result<ChartMeta, InputError> {
+    load_meta_in(&repo(repo_root)?, repo_root, dir)
+}
+
+fn load_meta_in(root: &Root, repo_root: &Path, dir: &Path) -> Result<ChartMeta, InputError> {
     let path = dir.join("Chart.yaml");
     let rel = rel_path(repo_root, &path);
-    let text = read_text(&path, &rel)?;
+    let text = root.read_text(&path, &rel)?;
     let meta: ChartMeta = serde_saphyr::from_str_with_options(&text, super::yaml::options())
         .map_err(|e| super::yaml::yaml_error(&rel, &e))?;
     let line_of = |key: &str| {
@@ -88,6 +123,17 @@ pub fn load_meta(repo_root: &Path, dir: &Path) -> Result<ChartMeta, InputError> 
         )
         .at(line_of("apiVersion"), 1)
         .pointer("/apiVersion"));
+    }
+    if !is_dns1123_label(&meta.name) {
+        return Err(InputError::new(
+            &rel,
+            format!(
+                "name {:?} is not a DNS-1123 label (lowercase letters, digits and `-`, at most 63)",
+                meta.name
+            ),
+        )
+        .at(line_of("name"), 1)
+        .pointer("/name"));
     }
     let dir_name = dir
         .file_name()
@@ -108,7 +154,7 @@ pub fn load_meta(repo_root: &Path, dir: &Path) -> Result<ChartMeta, InputError> 
         return Err(InputError::new(
             &rel,
             format!(
-                "version {:?} is not a semantic version (MAJOR.MINOR.PATCH)",
+                "version {:?} is not a semantic version (MAJOR.MINOR.PATCH[-pre][+build], semver.org)",
                 meta.version
             ),
         )
@@ -129,11 +175,12 @@ pub fn load_chart(repo_root: &Path, dir: &Path) -> Result<Chart, InputError> {
 
 /// A chart values file: its mapping and the pointers that were encrypted (sops files are decrypted).
 fn read_values(
+    root: &Root,
     path: &Path,
     rel: &str,
     keyring: &crate::sops::Keyring,
 ) -> Result<(Value, BTreeSet<String>), InputError> {
-    let text = read_text(path, rel)?;
+    let text = root.read_text(path, rel)?;
     let (v, secret) = match crate::sops::decrypt_file(&text, rel, keyring)? {
         Some(mut docs) if docs.len() == 1 => {
             let d = docs.remove(0);
@@ -163,12 +210,19 @@ pub fn load_chart_with(
     dir: &Path,
     keyring: &crate::sops::Keyring,
 ) -> Result<Chart, InputError> {
+    let root = repo(repo_root)?;
     let rel_dir = rel_path(repo_root, dir);
-    let meta = load_meta(repo_root, dir)?;
+    let meta = load_meta_in(&root, repo_root, dir)?;
+    let read_text = |path: &Path, rel: &str| root.read_text(path, rel);
 
     let values_path = dir.join("values.yaml");
     let (values, values_secret) = if values_path.is_file() {
-        read_values(&values_path, &rel_path(repo_root, &values_path), keyring)?
+        read_values(
+            &root,
+            &values_path,
+            &rel_path(repo_root, &values_path),
+            keyring,
+        )?
     } else {
         (Value::Object(Default::default()), BTreeSet::new())
     };
@@ -177,7 +231,7 @@ pub fn load_chart_with(
         let path = dir.join(name);
         if path.is_file() {
             let rel = rel_path(repo_root, &path);
-            let (values, secret) = read_values(&path, &rel, keyring)?;
+            let (values, secret) = read_values(&root, &path, &rel, keyring)?;
             sops_values = Some(super::ValueLayer {
                 file: rel,
                 key_prefix: String::new(),
@@ -192,7 +246,7 @@ pub fn load_chart_with(
     let schema = if schema_path.is_file() {
         let rel = rel_path(repo_root, &schema_path);
         let text = read_text(&schema_path, &rel)?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| {
+        let v: Value = super::strict_json::from_str(&text).map_err(|e| {
             InputError::new(&rel, format!("invalid JSON: {e}")).at(e.line(), e.column())
         })?;
         if let Err(e) = jsonschema::validator_for(&v) {
@@ -208,12 +262,14 @@ pub fn load_chart_with(
     let tdir = dir.join("templates");
     let mut names = Vec::new();
     if tdir.is_dir() {
-        walk_files(&tdir, &tdir, &mut names, false).map_err(|e| {
-            InputError::new(
-                rel_path(repo_root, &tdir),
-                format!("cannot read directory: {e}"),
-            )
-        })?;
+        walk_files(
+            &root,
+            repo_root,
+            &tdir,
+            &tdir,
+            &mut names,
+            &mut HashSet::new(),
+        )?;
     }
     names.sort();
     let mut statics: HashMap<String, Arc<str>> = HashMap::new();
@@ -266,12 +322,28 @@ pub fn load_chart_with(
     let mut files = Vec::new();
     let fdir = dir.join("files");
     if fdir.is_dir() {
-        walk_files(&fdir, &fdir, &mut files, true).map_err(|e| {
-            InputError::new(
+        let files_root = Root::new(
+            &fdir,
+            "the chart's files/ directory",
+            &rel_path(repo_root, &fdir),
+        )?;
+        if !root.contains(files_root.real()) {
+            return Err(InputError::new(
                 rel_path(repo_root, &fdir),
-                format!("cannot read directory: {e}"),
-            )
-        })?;
+                format!(
+                    "resolves to {}, outside the repository: pailot reads no file outside it (a symlink?)",
+                    files_root.real().display()
+                ),
+            ));
+        }
+        walk_files(
+            &files_root,
+            repo_root,
+            &fdir,
+            &fdir,
+            &mut files,
+            &mut HashSet::new(),
+        )?;
     }
     files.sort();
 
@@ -304,29 +376,65 @@ pub(crate) fn static_output(text: &str) -> &str {
     t.strip_suffix('\r').unwrap_or(t)
 }
 
-/// Collect regular files under `dir` as `/`-separated paths relative to `root`.
-/// Symlinks are followed only when `follow_links` (files.get re-checks they stay inside).
+/// Collect the regular files under `dir` as `/`-separated paths relative to `base`, following
+/// symlinks whose real path stays inside `root`: a link (or `dir` itself) resolving outside is an
+/// error naming it, a dangling link is skipped, and a directory reached twice is walked once.
 fn walk_files(
-    root: &Path,
+    root: &Root,
+    repo_root: &Path,
+    base: &Path,
     dir: &Path,
     out: &mut Vec<String>,
-    follow_links: bool,
-) -> std::io::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.filter_map(|e| e.ok()).collect();
+    seen: &mut HashSet<PathBuf>,
+) -> Result<(), InputError> {
+    let shown = |p: &Path| rel_path(repo_root, p);
+    let io = |p: &Path, e: std::io::Error| {
+        InputError::new(shown(p), format!("cannot read directory: {e}"))
+    };
+    let real = dir.canonicalize().map_err(|e| io(dir, e))?;
+    if !root.contains(&real) {
+        return Err(outside(&shown(dir), &real, root));
+    }
+    if !seen.insert(real) {
+        return Ok(());
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| io(dir, e))?
+        .filter_map(|e| e.ok())
+        .collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let p = e.path();
-        let ft = e.file_type()?;
-        if ft.is_symlink() && !follow_links {
-            continue;
-        }
-        if ft.is_dir() {
-            walk_files(root, &p, out, follow_links)?;
-        } else if ft.is_file() || (ft.is_symlink() && p.is_file()) {
-            out.push(rel_path(root, &p));
+        let ft = e.file_type().map_err(|err| io(&p, err))?;
+        let (is_dir, is_file) = if ft.is_symlink() {
+            let Ok(target) = p.canonicalize() else {
+                continue; // dangling
+            };
+            if !root.contains(&target) {
+                return Err(outside(&shown(&p), &target, root));
+            }
+            (target.is_dir(), target.is_file())
+        } else {
+            (ft.is_dir(), ft.is_file())
+        };
+        if is_dir {
+            walk_files(root, repo_root, base, &p, out, seen)?;
+        } else if is_file {
+            out.push(rel_path(base, &p));
         }
     }
     Ok(())
+}
+
+fn outside(shown: &str, real: &Path, root: &Root) -> InputError {
+    InputError::new(
+        shown,
+        format!(
+            "resolves to {}, outside {}: pailot reads no file outside it (a symlink?)",
+            real.display(),
+            root.what()
+        ),
+    )
 }
 
 /// Cheap per-template line index for provenance.
@@ -589,8 +697,35 @@ mod tests {
 
     #[test]
     fn semver() {
-        assert!(is_semver("0.14.0"));
-        assert!(is_semver("1.2.3-rc.1"));
-        assert!(!is_semver("1.2"));
+        for v in [
+            "0.14.0",
+            "1.2.3-rc.1",
+            "1.0.0-alpha-1.0+build.5",
+            "10.20.30+x",
+        ] {
+            assert!(is_semver(v), "{v}");
+        }
+        for v in [
+            "1.2",
+            "0.1.0+x/../../pwned",
+            "01.2.3",
+            "1.2.3-",
+            "1.2.3-01",
+            "1.2.3+",
+            "1.2.3+a..b",
+            "1.2.3 ",
+            "v1.2.3",
+        ] {
+            assert!(!is_semver(v), "{v}");
+        }
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert!(is_dns1123_label("hadoop-node-manager"));
+        assert!(is_dns1123_label("a1"));
+        for n in ["", "A", "-a", "a-", "a_b", "a.b", "../x", &"a".repeat(64)] {
+            assert!(!is_dns1123_label(n), "{n}");
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod load;
 pub mod package;
 pub mod pylist;
 pub mod render;
+pub mod strict_json;
 pub mod values;
 pub mod yaml;
 

@@ -78,9 +78,14 @@ pub(crate) fn template_error(
 ) -> InputError {
     let name = err.name().unwrap_or("?");
     let file = format!("{rel_dir}/templates/{name}");
-    let mut message = match err.detail() {
-        Some(d) => format!("{}: {d}", err.kind()),
-        None => err.kind().to_string(),
+    let mut message = match (err.kind(), err.detail()) {
+        (minijinja::ErrorKind::OutOfFuel, _) => format!(
+            "the template used up its fuel of {} (a loop or data too large?; \
+             PAILOT_LIMIT_TEMPLATE_FUEL changes the limit)",
+            crate::limits::Limits::current().template_fuel
+        ),
+        (_, Some(d)) => format!("{}: {d}", err.kind()),
+        (_, None) => err.kind().to_string(),
     };
     let mut cause = std::error::Error::source(err);
     while let Some(c) = cause {
@@ -208,13 +213,12 @@ fn render_docs(
         let text: &str = match &t.static_text {
             Some(s) => super::load::static_output(s),
             None => {
+                crate::limits::set_activity(format_args!("rendering {}", t.path));
                 let tmpl = chart
                     .env
                     .get_template(&t.name)
                     .map_err(|e| template_error(&chart.rel_dir, &e, Some(chart)))?;
-                rendered = tmpl
-                    .render(&context)
-                    .map_err(|e| template_error(&chart.rel_dir, &e, Some(chart)))?;
+                rendered = render_bounded(&tmpl, &context, chart, t)?;
                 &rendered
             }
         };
@@ -339,6 +343,57 @@ fn render_docs(
         });
     }
     Ok(out)
+}
+
+/// Render `tmpl` into a string no longer than [`Limits::rendered_output`](crate::limits::Limits).
+fn render_bounded(
+    tmpl: &minijinja::Template<'_, '_>,
+    context: &JValue,
+    chart: &Chart,
+    t: &TemplateFile,
+) -> Result<String, InputError> {
+    let limit = crate::limits::Limits::current().rendered_output;
+    let mut out = BoundedOutput {
+        bytes: Vec::new(),
+        limit: usize::try_from(limit).unwrap_or(usize::MAX),
+        exceeded: false,
+    };
+    match tmpl.render_captured_to(context, &mut out).map(drop) {
+        Ok(()) => Ok(String::from_utf8(out.bytes).expect("minijinja writes UTF-8 text")),
+        Err(_) if out.exceeded => Err(crate::limits::exceeded(
+            &t.path,
+            format_args!(
+                "rendered output is larger than the limit of {}",
+                crate::quantity::Bytes(limit)
+            ),
+            "PAILOT_LIMIT_RENDERED_OUTPUT",
+        )
+        .place(format!("template {}", t.name))
+        .object(format!("chart {}", chart.meta.name))),
+        Err(e) => Err(template_error(&chart.rel_dir, &e, Some(chart))),
+    }
+}
+
+/// A render's output buffer that refuses to grow past `limit` bytes.
+struct BoundedOutput {
+    bytes: Vec<u8>,
+    limit: usize,
+    exceeded: bool,
+}
+
+impl std::io::Write for BoundedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.limit {
+            self.exceeded = true;
+            return Err(std::io::Error::other("rendered output limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn build_context(

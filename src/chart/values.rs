@@ -118,8 +118,10 @@ impl ValuesFile {
         from: &str,
         place: &str,
     ) -> Result<ValuesFile, InputError> {
-        let text = std::fs::read_to_string(repo_root.join(rel)).map_err(|e| {
-            InputError::new(from, format!("cannot read values file {rel}: {e}")).place(place)
+        // Confined like every repository read: a symlink out of the repository is refused.
+        let root = crate::confine::Root::new(repo_root, "the repository", ".")?;
+        let text = root.read_text(&repo_root.join(rel), rel).map_err(|e| {
+            InputError::new(from, format!("values file {rel}: {}", e.message)).place(place)
         })?;
         let (value, secret) = match crate::sops::decrypt_file(&text, rel, keyring)? {
             Some(mut docs) if docs.len() == 1 => {
@@ -342,7 +344,10 @@ fn line_in_layer(chart: &Chart, layer: &str, pointer: &str) -> Option<usize> {
     for _ in 0..depth {
         root = root.parent()?.to_path_buf();
     }
-    let text = std::fs::read_to_string(root.join(layer)).ok()?;
+    let text = crate::confine::Root::new(&root, "the repository", ".")
+        .ok()?
+        .read_text(&root.join(layer), layer)
+        .ok()?;
     let lines: Vec<&str> = text.lines().collect();
     let mut cursor = 0;
     let mut found = None;

@@ -11,7 +11,20 @@ pub fn options() -> serde_saphyr::Options {
     budget.max_documents = 1_000_000;
     budget.max_nodes = 50_000_000;
     budget.max_events = 200_000_000;
-    serde_saphyr::options! { legacy_octal_numbers: true, budget: Some(budget) }
+    serde_saphyr::options! {
+        legacy_octal_numbers: true,
+        budget: Some(budget),
+        // The spec's indentation rules for flow collections and quoted scalars (yaml-test-suite
+        // 9C9N, QB6E, DK95): serde-saphyr relaxes them unless asked.
+        strict_indentation: true,
+        // `!!binary` keeps its base64 text, which is what Kubernetes' `data` and `binaryData`
+        // fields hold; serde-saphyr would decode it, and refuse non-UTF-8 bytes with a hint
+        // about this very option.
+        ignore_binary_tag_for_string: true,
+        // pailot reads no comments; buffering them made serde-saphyr refuse valid YAML with
+        // "too many buffered comments while looking ahead" (found by fuzzing).
+        emit_comments: false,
+    }
 }
 
 /// Parse a YAML stream into its non-empty documents (kubectl's YAML 1.1 reading: `0644` is octal).
@@ -59,6 +72,22 @@ pub fn yaml_error(file: &str, err: &serde_saphyr::Error) -> InputError {
     {
         message = &rest[i + 2..];
     }
+    // serde-saphyr words some errors for Rust programmers ("use Option<String>"); say what is
+    // wrong in the YAML instead.
+    let message = match err.without_snippet() {
+        serde_saphyr::Error::NullIntoString { .. } => {
+            "expected a string, found null (`~`, `null` or nothing): a mapping key must be a \
+             string, and a value that means the text must be quoted (\"null\")"
+        }
+        serde_saphyr::Error::Unexpected {
+            expected: "string scalar",
+            ..
+        } => {
+            "expected a string, found a sequence or mapping (a mapping key must be a string: \
+             complex keys are not supported)"
+        }
+        _ => message,
+    };
     let mut e = InputError::new(file, message.to_string());
     if let Some(loc) = err.location()
         && loc.line() > 0
@@ -102,6 +131,14 @@ mod tests {
             .map(|i| format!("---\nkind: ConfigMap\nname: c{i}\n"))
             .collect();
         assert_eq!(parse_yaml_documents(&text, "big.yaml").unwrap().len(), 3000);
+    }
+
+    #[test]
+    fn many_comments_after_an_empty_node_are_fine() {
+        // fuzz/fastyaml_differential: 33 comment lines after `-` were "too many buffered comments".
+        let text = format!("-\n{}", "# a comment line\n".repeat(100));
+        let slow = serde_saphyr::from_multiple_with_options::<Value>(&text, options());
+        assert_eq!(slow.map_err(|e| e.to_string()), Ok(vec![json!([null])]));
     }
 
     #[test]

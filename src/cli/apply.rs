@@ -165,7 +165,10 @@ pub fn run_diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn diff_inner(args: DiffArgs) -> anyhow::Result<ExitCode> {
+    // The render is bounded like `pailot render`; talking to the cluster afterwards is not.
+    let bounds = crate::limits::Limits::current().enforce("pailot diff");
     let (cluster, set) = render(&args.repo.request())?;
+    drop(bounds);
     let config = apply::Config {
         dry_run: true,
         prune: true,
@@ -286,7 +289,10 @@ fn summary(report: &ApplyReport) -> String {
 }
 
 pub fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
+    // The render is bounded like `pailot render`; talking to the cluster afterwards is not.
+    let bounds = crate::limits::Limits::current().enforce("pailot apply");
     let (cluster, set) = render(&args.repo.request())?;
+    drop(bounds);
     if set.objects.is_empty() {
         eprintln!(
             "error: the render of cluster {:?} is empty (check its overlays' chart selection); nothing was applied",
@@ -295,7 +301,7 @@ pub fn run_apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_INPUT));
     }
     if !args.allow_over_budget {
-        let budget = crate::budget::compute(&cluster, &set);
+        let budget = crate::budget::compute(&cluster, &set)?;
         if let Some(over) = budget.over_summary(3) {
             eprintln!(
                 "error: the render does not fit the machines of cluster {:?}; nothing was applied\n{over}\n\
@@ -405,7 +411,10 @@ async fn stop_on_signal(stop: tokio::sync::watch::Sender<bool>) {
 }
 
 pub fn run_uninstall(args: UninstallArgs) -> anyhow::Result<ExitCode> {
+    // The render is bounded like `pailot render`; talking to the cluster afterwards is not.
+    let bounds = crate::limits::Limits::current().enforce("pailot uninstall");
     let (cluster, set) = render(&args.repo.request())?;
+    drop(bounds);
     let progress = progress_for(args.output);
     let report = runtime()?.block_on(async {
         let (server, located, plan) =

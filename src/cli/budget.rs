@@ -140,8 +140,9 @@ pub fn render_table(b: &Budget) -> String {
 }
 
 pub fn run(args: BudgetArgs) -> anyhow::Result<ExitCode> {
+    let _bounds = crate::limits::Limits::current().enforce("pailot budget");
     let (cluster, set) = crate::render::render(&args.repo.request())?;
-    let budget = compute(&cluster, &set);
+    let budget = compute(&cluster, &set)?;
     let text = match args.output {
         Output::Table => render_table(&budget),
         Output::Json => {

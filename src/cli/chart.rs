@@ -51,6 +51,10 @@ fn repo_root_of(abs: &Path) -> PathBuf {
 }
 
 pub fn run(cmd: ChartCommand) -> anyhow::Result<ExitCode> {
+    let _bounds = crate::limits::Limits::current().enforce(match cmd {
+        ChartCommand::Package { .. } => "pailot chart package",
+        ChartCommand::Lint { .. } => "pailot chart lint",
+    });
     match cmd {
         ChartCommand::Package {
             dir,

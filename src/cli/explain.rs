@@ -43,6 +43,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
+    let _bounds = crate::limits::Limits::current().enforce("pailot explain");
     let inputs = load_inputs(&args.repo.request())?;
     let set = render_inputs(&inputs, None, ProvenanceMode::Record)?;
     let id = find_object(&set, &args.object)?;

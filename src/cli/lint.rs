@@ -122,7 +122,7 @@ pub fn lint(root: &Path, req: &RenderRequest) -> LintReport {
             }
             Err(e) => r.problems.push(e),
         }
-        let Ok(c) = crate::render::load_cluster(&root.join(&rel), &rel) else {
+        let Ok(c) = crate::render::load_cluster_in(root, &root.join(&rel), &rel) else {
             continue;
         };
         if c.overlays.is_empty() && creq.overlays.is_none() {
@@ -158,6 +158,7 @@ fn no_overlays(cluster_file: &str) -> InputError {
 }
 
 pub fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
+    let _bounds = crate::limits::Limits::current().enforce("pailot lint");
     let report = lint(&args.repo.repo, &args.repo.request());
     for n in &report.notes {
         println!("note: {n}");

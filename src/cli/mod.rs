@@ -131,6 +131,13 @@ pub enum Command {
 /// Entry point used by the binary: parse, run, map errors to exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Limits are read once, before any work, so a typo in one is a usage error up front.
+    match crate::limits::Limits::from_env() {
+        Ok(limits) => {
+            limits.install();
+        }
+        Err(e) => return report(UsageError(format!("invalid limit {e}")).into()),
+    }
     let result = match cli.command {
         Command::Init(a) => init::run(a),
         Command::Render(a) => render::run(a),

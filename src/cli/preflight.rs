@@ -182,18 +182,18 @@ fn memory_budget(
     set: &RenderedSet,
     machine: &str,
     overlays: Vec<String>,
-) -> MemoryBudget {
-    let budget = crate::budget::compute(cluster, set);
+) -> Result<MemoryBudget, crate::diag::InputError> {
+    let budget = crate::budget::compute(cluster, set)?;
     let requests_memory = budget
         .machines
         .iter()
         .find(|m| m.machine == machine)
         .map(|m| m.requests_memory)
         .unwrap_or(0);
-    MemoryBudget {
+    Ok(MemoryBudget {
         overlays,
         requests_memory,
-    }
+    })
 }
 
 /// Render the selected overlays (and, for comparison, with `single-node-lowmem` added) and build the
@@ -202,7 +202,7 @@ pub fn prepare(repo: &RepoArgs, host: &HostArgs) -> anyhow::Result<Prepared> {
     let (cluster, set) = render(&repo.request())?;
     let machine = select_machine(&cluster, host.machine.as_deref(), &host.root, &repo.cluster)?;
     let overlays = effective_overlays(repo, &cluster);
-    let selected = memory_budget(&cluster, &set, &machine.name, overlays.clone());
+    let selected = memory_budget(&cluster, &set, &machine.name, overlays.clone())?;
     let lowmem_dir = repo
         .repo
         .join("overlays")
@@ -217,7 +217,7 @@ pub fn prepare(repo: &RepoArgs, host: &HostArgs) -> anyhow::Result<Prepared> {
         };
         let (c2, s2) = render(&req)
             .with_context(|| format!("rendering with overlay {LOWMEM_OVERLAY} for comparison"))?;
-        Some(memory_budget(&c2, &s2, &machine.name, with))
+        Some(memory_budget(&c2, &s2, &machine.name, with)?)
     } else {
         None
     };

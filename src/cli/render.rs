@@ -52,6 +52,7 @@ impl RepoArgs {
 }
 
 pub fn run(args: RenderArgs) -> anyhow::Result<ExitCode> {
+    let bounds = crate::limits::Limits::current().enforce("pailot render");
     // Printing manifests needs no field provenance (`pailot explain` records it).
     let (_, mut set) = render_with(&args.repo.request(), ProvenanceMode::Skip)?;
     if !args.show_secrets {
@@ -66,6 +67,8 @@ pub fn run(args: RenderArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let json = (args.output == ManifestFormat::Json).then(|| to_json(&set));
+    // Writing waits on whoever reads the output (`pailot render | less`): not render work.
+    drop(bounds);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let written = match &json {
         Some(text) => out.write_all(text.as_bytes()),

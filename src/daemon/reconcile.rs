@@ -771,7 +771,9 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             ));
         }
         if !self.settings.borrow().allow_over_budget {
-            let budget = crate::budget::compute(&rendered.cluster, &rendered.set);
+            // A request that is not a quantity is the commit's fault, like any invalid input.
+            let budget = crate::budget::compute(&rendered.cluster, &rendered.set)
+                .map_err(|e| Failure::new(Stage::Plan, Reason::InvalidInput, e.to_string()))?;
             if let Some(over) = budget.over_summary(3) {
                 return Err(Failure::new(
                     Stage::Plan,

@@ -264,7 +264,12 @@ fn parse_with_spans<T: serde::de::DeserializeOwned>(
 }
 
 fn yaml_options() -> serde_saphyr::Options {
-    serde_saphyr::options! { legacy_octal_numbers: true }
+    serde_saphyr::options! {
+        legacy_octal_numbers: true,
+        strict_indentation: true,
+        ignore_binary_tag_for_string: true,
+        emit_comments: false,
+    }
 }
 
 /// Parse YAML text into `T`, naming `file` and the line/column on error.
@@ -334,9 +339,35 @@ pub fn load_overlay_with(
     keyring: &crate::sops::Keyring,
 ) -> Result<LoadedOverlay, InputError> {
     let file = overlay_file(name);
-    let text = std::fs::read_to_string(repo_root.join(&file))
-        .map_err(|e| InputError::new(&file, format!("cannot read overlay: {e}")))?;
-    let (overlay, lines) = parse_with_lines::<Overlay>(&text, &file, 4)?;
+    let root = crate::confine::Root::new(repo_root, "the repository", ".")?;
+    let text = root.read_text(&repo_root.join(&file), &file)?;
+    compile_overlay_with(repo_root, name, &text, keyring)
+}
+
+/// Parse and compile the text of overlay `name` (its `overlay.yaml`); patch files are read from
+/// its directory under `repo_root`.
+pub fn compile_overlay(
+    repo_root: &Path,
+    name: &str,
+    text: &str,
+) -> Result<LoadedOverlay, InputError> {
+    compile_overlay_with(
+        repo_root,
+        name,
+        text,
+        &crate::sops::Keyring::new(Default::default()),
+    )
+}
+
+/// [`compile_overlay`], decrypting sops patch and values files with `keyring`.
+pub fn compile_overlay_with(
+    repo_root: &Path,
+    name: &str,
+    text: &str,
+    keyring: &crate::sops::Keyring,
+) -> Result<LoadedOverlay, InputError> {
+    let file = overlay_file(name);
+    let (overlay, lines) = parse_with_lines::<Overlay>(text, &file, 4)?;
     if overlay.api_version != OVERLAY_API_VERSION {
         return Err(InputError::new(
             &file,
@@ -479,13 +510,16 @@ fn load_patch_file(
         "patch file",
         &format!("patch {pi} file"),
     )?;
-    let text = std::fs::read_to_string(repo_root.join(&ops_file)).map_err(|e| {
-        InputError::new(
-            overlay_file,
-            format!("cannot read patch file {ops_file}: {e}"),
-        )
-        .place(format!("patch {pi} file"))
-    })?;
+    let root = crate::confine::Root::new(repo_root, "the repository", ".")?;
+    let text = root
+        .read_text(&repo_root.join(&ops_file), &ops_file)
+        .map_err(|e| {
+            InputError::new(
+                overlay_file,
+                format!("patch file {ops_file}: {}", e.message),
+            )
+            .place(format!("patch {pi} file"))
+        })?;
     // sops encrypts mappings only: an encrypted patch file is `ops: [...]`.
     if let Some(mut docs) = crate::sops::decrypt_file(&text, &ops_file, keyring)? {
         let doc = if docs.len() == 1 {
@@ -546,53 +580,94 @@ pub fn resolve(
 }
 
 /// [`resolve`], decrypting sops patch and values files with `keyring`.
+///
+/// The walk keeps its own stack (no recursion), and a chain of `extends` longer than
+/// [`Limits::extends_depth`](crate::limits::Limits) is an error naming the overlay and the chain:
+/// a 10,000-overlay chain once overflowed the thread's stack.
 pub fn resolve_with(
     repo_root: &Path,
     names: &[String],
     from_file: &str,
     keyring: &crate::sops::Keyring,
 ) -> Result<Vec<LoadedOverlay>, InputError> {
+    let max_depth = crate::limits::Limits::current().extends_depth;
     let mut out = Vec::new();
     let mut done = BTreeSet::new();
-    let mut stack = Vec::new();
+    // The chain being walked: each overlay and the index of its next `extends` entry.
+    let mut stack: Vec<(LoadedOverlay, usize)> = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        visit(
-            repo_root,
-            name,
-            from_file,
-            &format!("overlays[{i}]"),
-            &mut stack,
-            &mut done,
-            &mut out,
-            keyring,
-        )?;
+        let mut next = Some((
+            name.clone(),
+            from_file.to_string(),
+            format!("overlays[{i}]"),
+        ));
+        loop {
+            if let Some((name, from, place)) = next.take() {
+                if let Some(start) = stack.iter().position(|(o, _)| o.name == name) {
+                    let mut cycle: Vec<&str> = stack[start..]
+                        .iter()
+                        .map(|(o, _)| o.name.as_str())
+                        .collect();
+                    cycle.push(&name);
+                    return Err(InputError::new(
+                        &from,
+                        format!("extends cycle: {}", cycle.join(" -> ")),
+                    )
+                    .place(place));
+                }
+                if !done.contains(&name) {
+                    if stack.len() >= max_depth {
+                        let chain: Vec<&str> = stack.iter().map(|(o, _)| o.name.as_str()).collect();
+                        return Err(crate::limits::exceeded(
+                            &from,
+                            format_args!(
+                                "extends chain is deeper than {max_depth} overlays: {} -> {name}",
+                                abbreviate(&chain)
+                            ),
+                            "PAILOT_LIMIT_EXTENDS_DEPTH",
+                        )
+                        .place(place));
+                    }
+                    stack.push((enter(repo_root, &name, &from, &place, keyring)?, 0));
+                }
+            }
+            let Some((top, at)) = stack.last_mut() else {
+                break;
+            };
+            if let Some(parent) = top.overlay.extends.get(*at) {
+                next = Some((parent.clone(), top.file.clone(), format!("extends[{at}]")));
+                *at += 1;
+            } else {
+                let (loaded, _) = stack.pop().expect("non-empty");
+                done.insert(loaded.name.clone());
+                out.push(loaded);
+            }
+        }
     }
     Ok(out)
 }
 
-// The depth-first walk carries its state (stack, done, out) through the recursion.
-#[allow(clippy::too_many_arguments)]
-fn visit(
+/// `a -> b -> c`, or its first and last three names around `...` when longer.
+fn abbreviate(chain: &[&str]) -> String {
+    if chain.len() <= 7 {
+        chain.join(" -> ")
+    } else {
+        format!(
+            "{} -> ... -> {}",
+            chain[..3].join(" -> "),
+            chain[chain.len() - 3..].join(" -> ")
+        )
+    }
+}
+
+/// Check `name` (referenced from `from_file` at `place`) and load it.
+fn enter(
     repo_root: &Path,
     name: &str,
     from_file: &str,
     place: &str,
-    stack: &mut Vec<String>,
-    done: &mut BTreeSet<String>,
-    out: &mut Vec<LoadedOverlay>,
     keyring: &crate::sops::Keyring,
-) -> Result<(), InputError> {
-    if let Some(start) = stack.iter().position(|s| s == name) {
-        let mut cycle: Vec<&str> = stack[start..].iter().map(String::as_str).collect();
-        cycle.push(name);
-        return Err(
-            InputError::new(from_file, format!("extends cycle: {}", cycle.join(" -> ")))
-                .place(place),
-        );
-    }
-    if done.contains(name) {
-        return Ok(());
-    }
+) -> Result<LoadedOverlay, InputError> {
     if !valid_overlay_name(name) {
         return Err(
             InputError::new(from_file, format!("invalid overlay name `{name}`")).place(place),
@@ -606,24 +681,7 @@ fn visit(
         )
         .place(place));
     }
-    let loaded = load_overlay_with(repo_root, name, keyring)?;
-    stack.push(name.to_string());
-    for (i, parent) in loaded.overlay.extends.iter().enumerate() {
-        visit(
-            repo_root,
-            parent,
-            &loaded.file,
-            &format!("extends[{i}]"),
-            stack,
-            done,
-            out,
-            keyring,
-        )?;
-    }
-    stack.pop();
-    done.insert(name.to_string());
-    out.push(loaded);
-    Ok(())
+    load_overlay_with(repo_root, name, keyring)
 }
 
 /// The charts the overlays select, from `available` (the charts in `charts/`): include/exclude

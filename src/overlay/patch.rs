@@ -177,13 +177,16 @@ fn apply_op_inner(
             if from == path {
                 return Ok(());
             }
-            // Moving a value up over its own parent replaces that parent: the arrival says it all.
-            let over_parent = path.is_empty() || from.starts_with(&format!("{path}/"));
+            // The destination is resolved against the object after the removal, as RFC 6902 says.
+            let to_element = element_array(obj, path);
+            // Moving a value up over its own parent replaces that parent (the arrival says it
+            // all) — unless the parent is an array element: then the value is inserted before it
+            // and the parent, less the value, shifts one place on.
+            let over_parent =
+                to_element.is_none() && (path.is_empty() || from.starts_with(&format!("{path}/")));
             if !over_parent {
                 record_departure(&mut rec, from_element, from);
             }
-            // The destination is resolved against the object after the removal, as RFC 6902 says.
-            let to_element = element_array(obj, path);
             record_arrival(
                 obj,
                 &mut rec,
@@ -235,6 +238,31 @@ mod tests {
                 origin: &origin,
             }),
         )
+    }
+
+    #[test]
+    fn moving_an_element_up_before_its_array_keeps_the_rest_of_the_array() {
+        // [[null, false]] -move /0/0 to /0-> [null, [false]]: `false` keeps its template origin.
+        let mut obj = json!([[null, false]]);
+        let base = Origin::Template {
+            file: "t.yaml".into(),
+            line: Some(1),
+        };
+        let mut h = FieldHistory::from_origins(BTreeMap::from([
+            ("/0/0".to_string(), base.clone()),
+            ("/0/1".to_string(), base.clone()),
+        ]));
+        run(
+            &mut obj,
+            &mut h,
+            1,
+            json!({"op": "move", "from": "/0/0", "path": "/0"}),
+        )
+        .unwrap();
+        assert_eq!(obj, json!([null, [false]]));
+        let chain = h.chain(&obj, "/1/0");
+        assert_eq!(chain.last().unwrap().value, Some(json!(false)), "{chain:?}");
+        assert_eq!(h.chain(&obj, "/0").last().unwrap().value, Some(Value::Null));
     }
 
     #[test]
