@@ -11,8 +11,8 @@
 //! - Process bounds, for what no engine counter sees (a pathological schema, a huge stream of
 //!   small documents, a bug): [`Limits::wall_clock`] and [`Limits::memory`]. The CLI enforces them
 //!   around its render with [`Limits::enforce`]: a watchdog thread, and [`heap`] accounting in the
-//!   binary's allocator. A daemon helper calls [`Limits::apply_to_current_process`], which adds
-//!   `RLIMIT_DATA`, and its parent kills it at the wall clock.
+//!   binary's allocator. A daemon helper is bounded by its parent instead (`helpers.timeout`: killed;
+//!   `helpers.memory`: `RLIMIT_AS`, `crate::oom`), and keeps the engine bounds.
 //!
 //! Why heap accounting rather than `RLIMIT_AS`/`RLIMIT_DATA` alone (measured, `strace`): the
 //! batch commands allocate with mimalloc, which maps a 1 GiB arena `PROT_READ|PROT_WRITE,
@@ -21,14 +21,13 @@
 //! 700 MiB under a 256 MiB limit. The allocator therefore counts live heap bytes itself (batched
 //! per thread, one atomic add per MiB) and refuses the allocation that would pass the limit;
 //! the process then prints which limit it hit and exits with code 2 (`src/alloc.rs`) instead of
-//! Rust's abort. The daemon's helpers allocate with glibc malloc, whose arenas are reserved
-//! `PROT_NONE` and charged only as used, so `RLIMIT_DATA` is accurate there and also covers C
-//! code (libgit2) that the Rust allocator never sees.
+//! Rust's abort. The daemon's helpers allocate with glibc malloc (one arena), so a kernel limit is
+//! accurate there and also covers C code (libgit2) that the Rust allocator never sees.
 //!
 //! Defaults (60 s, 1 GiB, fuel 5 million, depth 32, 16 MiB, 64 MiB) are far above what the
 //! project's own repository needs (docs/limits.md has the measurements) and can be changed with
-//! the `PAILOT_LIMIT_*` environment variables ([`Limits::from_env`]) or, in the daemon, its
-//! configuration ([`RawLimits`]).
+//! the `PAILOT_LIMIT_*` environment variables ([`Limits::from_env`]; the daemon's helpers inherit
+//! the daemon's environment).
 
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
@@ -238,23 +237,6 @@ impl Limits {
         }
     }
 
-    /// For a daemon helper (a glibc-malloc process), at its start: cap the process's memory at
-    /// [`Limits::memory`] with `RLIMIT_DATA` (soft and hard, so it cannot be raised again; this
-    /// also bounds libgit2's C allocations) and with the allocator's [`heap`] accounting, which
-    /// reports a refused allocation as this limit (exit 2). The parent enforces
-    /// [`Limits::wall_clock`] by killing the helper. In `pre_exec`, call only
-    /// [`Limits::set_data_rlimit`] (async-signal-safe) and this in the child.
-    pub fn apply_to_current_process(&self) -> std::io::Result<()> {
-        self.set_data_rlimit()?;
-        heap::set_limit(self.memory);
-        Ok(())
-    }
-
-    /// `RLIMIT_DATA` = [`Limits::memory`], soft and hard (async-signal-safe: usable in `pre_exec`).
-    pub fn set_data_rlimit(&self) -> std::io::Result<()> {
-        set_data_limit(self.memory, self.memory)
-    }
-
     /// For an offline command: bound the work until the guard drops. A watchdog thread ends the
     /// process with exit code 2 and a message when [`Limits::wall_clock`] passes, and the heap is
     /// capped at [`Limits::memory`] (lifted on drop, so a command that goes on to talk to a
@@ -434,19 +416,6 @@ fn show_duration(d: Duration) -> String {
         format!("{}s", d.as_secs())
     } else {
         format!("{}ms", d.as_millis())
-    }
-}
-
-fn set_data_limit(soft: u64, hard: u64) -> std::io::Result<()> {
-    let r = libc::rlimit {
-        rlim_cur: soft as libc::rlim_t,
-        rlim_max: hard as libc::rlim_t,
-    };
-    // SAFETY: setrlimit reads the struct we pass; async-signal-safe (usable in pre_exec).
-    if unsafe { libc::setrlimit(libc::RLIMIT_DATA, &r) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 
