@@ -76,8 +76,17 @@ fn apply_distribution(
     cluster_file: &std::path::Path,
     timeout: &str,
 ) -> crate::harness::Run {
+    apply_distribution_with(c, cluster_file, timeout, &[])
+}
+
+fn apply_distribution_with(
+    c: &crate::apply::TestCluster,
+    cluster_file: &std::path::Path,
+    timeout: &str,
+    extra: &[&str],
+) -> crate::harness::Run {
     let kc = c.kubeconfig.to_str().unwrap();
-    crate::harness::pailot(&[
+    let mut args = vec![
         "apply",
         "-c",
         cluster_file.to_str().unwrap(),
@@ -88,7 +97,9 @@ fn apply_distribution(
         timeout,
         "-o",
         "json",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    crate::harness::pailot(&args)
 }
 
 /// Remove what a distribution test applied (kube-system objects included).
@@ -164,11 +175,21 @@ fn distribution_base_fails_health_with_pending_pods_and_insufficient_memory() {
         stand_ins.push(o);
     }
     assert!(!stand_ins.is_empty(), "no static pods in the render");
+    let stand_ins_len = stand_ins.len();
     let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": stand_ins});
     let f = tree.write("static-pods.json", &list.to_string());
     let r = c.kubectl(&["apply", "-f", f.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    // The budget gate refuses the over-budget render and applies nothing ...
     let r = apply_distribution(&c, &file, "60s");
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("does not fit"), "{}", r.stderr);
+    assert!(r.stderr.contains("nothing was applied"), "{}", r.stderr);
+    let pods = c.kubectl(&["get", "pods", "-n", &ns.name, "-o", "name"]);
+    let stand_in_count = pods.stdout.lines().count();
+    assert_eq!(stand_in_count, stand_ins_len, "the gate let objects through:\n{}", pods.stdout);
+    // ... and an operator who overrides it sees the health check fail the way the budget predicted.
+    let r = apply_distribution_with(&c, &file, "60s", &["--allow-over-budget"]);
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     assert!(
         r.stderr.contains("Pending") && r.stderr.contains("Insufficient memory"),
