@@ -3,10 +3,12 @@
 //! The caller binds the listener (so tests can use `127.0.0.1:0`) and passes a shutdown future;
 //! on shutdown the listener closes and open connections get a few seconds to finish.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +21,7 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::daemon::status::Status;
 
@@ -27,9 +29,15 @@ use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_
 
 /// Largest request body accepted (webhook payloads); larger bodies get 413.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
-/// Connections served at once; more are closed on accept, so a flood of clients can neither exhaust
-/// the daemon's file descriptors (reconciling needs them) nor its memory.
+/// Connections served at once, so a flood of clients can neither exhaust the daemon's file descriptors
+/// (reconciling needs them) nor its memory. When all are taken, a new connection replaces the oldest one
+/// that is not in the middle of a request (one still sending its headers, or idle between requests);
+/// only when every connection is handling a request is the new one closed at once. A flood of slow or
+/// idle clients therefore cannot lock out `/healthz`: a prober's request is read within a millisecond of
+/// its connect, long before the flood has replaced it.
 pub const MAX_CONNECTIONS: usize = 256;
+/// How long the accept loop waits for an evicted connection to release its place.
+const EVICTION_WAIT: Duration = Duration::from_millis(200);
 /// Request bodies (webhooks) read at once; a request beyond it is answered 503 at once, so slow
 /// senders hold a few connections for at most [`BODY_READ_TIMEOUT`] and the rest stay free for
 /// `/healthz`, `/metrics` and `/status`.
@@ -73,6 +81,33 @@ pub trait WebhookHandler: Send + Sync {
     fn handle(&self, headers: &HeaderMap, body: &[u8]) -> WebhookOutcome;
 }
 
+/// One connection being served, as the accept loop sees it when every place is taken.
+#[derive(Default)]
+struct Slot {
+    /// A request is being handled (its headers were read, its response is not yet made).
+    busy: AtomicBool,
+    /// Closes the connection.
+    evict: Notify,
+}
+
+/// A place for a new connection when all are taken: close the oldest connection that is not handling a
+/// request and take its place; `None` when every connection is busy with a request.
+async fn evict_oldest_waiting(state: &ServerState) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    {
+        let mut slots = state.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let id = *slots
+            .iter()
+            .find(|(_, s)| !s.busy.load(Ordering::Relaxed))?
+            .0;
+        let slot = slots.remove(&id)?;
+        slot.evict.notify_one();
+    }
+    tokio::time::timeout(EVICTION_WAIT, state.connections.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()
+}
+
 /// Result of the last reconcile, as shown by `/status`.
 /// What the HTTP server reads: the metrics, the daemon's status (the one model, through a watch), and
 /// the webhook handler.
@@ -80,8 +115,11 @@ pub struct ServerState {
     pub metrics: Arc<Metrics>,
     status: watch::Receiver<Status>,
     webhook: Option<Arc<dyn WebhookHandler>>,
-    /// Connections being served; a new one beyond [`MAX_CONNECTIONS`] is closed at once.
+    /// Connections being served (see [`MAX_CONNECTIONS`]).
     connections: Arc<Semaphore>,
+    /// The connections being served, oldest first, for eviction when all places are taken.
+    slots: Mutex<BTreeMap<u64, Arc<Slot>>>,
+    next_slot: AtomicU64,
     /// Request bodies being read (see [`MAX_BODY_READS`]).
     body_reads: Arc<Semaphore>,
 }
@@ -102,6 +140,8 @@ impl ServerState {
             status,
             webhook: None,
             connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            slots: Mutex::new(BTreeMap::new()),
+            next_slot: AtomicU64::new(0),
             body_reads: Arc::new(Semaphore::new(MAX_BODY_READS)),
         }
     }
@@ -143,30 +183,58 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-                    // Full: close at once (the descriptor is freed now, not when the client gives up).
-                    drop(stream);
-                    tracing::debug!(max = MAX_CONNECTIONS, "HTTP connection refused: too many open");
-                    continue;
+                let permit = match state.connections.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => match evict_oldest_waiting(&state).await {
+                        Some(p) => p,
+                        None => {
+                            // Every connection is handling a request: close at once (the descriptor is
+                            // freed now, not when the client gives up).
+                            drop(stream);
+                            tracing::debug!(max = MAX_CONNECTIONS, "HTTP connection refused: too many busy");
+                            continue;
+                        }
+                    },
                 };
+                let slot = Arc::new(Slot::default());
+                let id = state.next_slot.fetch_add(1, Ordering::Relaxed);
+                state
+                    .slots
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, slot.clone());
                 let st = state.clone();
+                let busy = slot.clone();
                 let mut builder = http1::Builder::new();
                 builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
                 let conn = builder.serve_connection(
                     TokioIo::new(stream),
                     service_fn(move |req| {
                         let st = st.clone();
-                        async move { Ok::<_, Infallible>(route(&st, req).await) }
+                        let busy = busy.clone();
+                        async move {
+                            busy.busy.store(true, Ordering::Relaxed);
+                            let response = route(&st, req).await;
+                            busy.busy.store(false, Ordering::Relaxed);
+                            Ok::<_, Infallible>(response)
+                        }
                     }),
                 );
                 let conn = graceful.watch(conn);
+                let st = state.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    match tokio::time::timeout(CONNECTION_MAX_AGE, conn).await {
-                        Ok(Err(e)) => tracing::debug!(error = %e, "HTTP connection ended with an error"),
-                        Err(_) => tracing::debug!("HTTP connection closed: older than its maximum age"),
-                        Ok(Ok(())) => {}
+                    tokio::select! {
+                        served = tokio::time::timeout(CONNECTION_MAX_AGE, conn) => match served {
+                            Ok(Err(e)) => tracing::debug!(error = %e, "HTTP connection ended with an error"),
+                            Err(_) => tracing::debug!("HTTP connection closed: older than its maximum age"),
+                            Ok(Ok(())) => {}
+                        },
+                        _ = slot.evict.notified() => {
+                            tracing::debug!("HTTP connection closed: all places taken, and it was the oldest waiting for a request");
+                        }
                     }
+                    st.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                 });
             }
             _ = &mut shutdown => break,

@@ -32,9 +32,7 @@ pub fn records(report: &ApplyReport, plan: &Plan) -> Vec<DriftRecord> {
             Action::Configured => {
                 for c in &o.changes {
                     if is_bookkeeping(&c.path)
-                        || desired
-                            .get(&o.id)
-                            .is_some_and(|d| d.pointer(&c.path).is_none())
+                        || desired.get(&o.id).is_some_and(|d| !sets_field(d, &c.path))
                     {
                         continue;
                     }
@@ -62,6 +60,21 @@ pub fn records(report: &ApplyReport, plan: &Plan) -> Vec<DriftRecord> {
         }
     }
     out
+}
+
+/// Whether the rendered object `desired` sets the field at `pointer` of the live object. A Secret's
+/// `stringData` is stored as `data` by the API server, so a live `/data/k` is set by `/stringData/k`.
+fn sets_field(desired: &serde_json::Value, pointer: &str) -> bool {
+    if desired.pointer(pointer).is_some() {
+        return true;
+    }
+    let secret = desired["kind"] == "Secret" && desired["apiVersion"] == "v1";
+    match pointer.strip_prefix("/data") {
+        Some(rest) if secret && (rest.is_empty() || rest.starts_with('/')) => {
+            desired.pointer(&format!("/stringData{rest}")).is_some()
+        }
+        _ => false,
+    }
 }
 
 /// The `(object, pointer)` pairs of `records` whose provenance is worth a render (fields, not missing objects).
@@ -247,6 +260,20 @@ mod tests {
 
     fn with_managers_meta(entries: &[(&str, &str, i64)]) -> ObjectMeta {
         with_managers(entries).metadata
+    }
+
+    #[test]
+    fn a_secrets_string_data_sets_its_live_data() {
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "stringData": {"password": "x", "a/b": "y"}});
+        assert!(sets_field(&secret, "/data/password"));
+        assert!(sets_field(&secret, "/data/a~1b"));
+        assert!(sets_field(&secret, "/stringData/password"));
+        assert!(!sets_field(&secret, "/data/other"));
+        assert!(!sets_field(&secret, "/database"));
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
+            "stringData": {"password": "x"}});
+        assert!(!sets_field(&cm, "/data/password"));
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod overlay;
 mod preflight;
 mod prune;
 mod reconcile;
+mod reliability;
 mod render;
 mod rollout;
 mod schema;
