@@ -179,7 +179,7 @@ pub fn parse_cpu(s: &str) -> Result<u64, QuantityError> {
 /// Parse a count of devices (`nvidia.com/gpu`): a whole, non-negative number.
 pub fn parse_count(s: &str) -> Result<u64, QuantityError> {
     let milli = parse_cpu(s)?;
-    if milli % 1000 != 0 {
+    if !milli.is_multiple_of(1000) {
         return Err(error(s, "must be a whole number of devices"));
     }
     Ok(milli / 1000)
@@ -326,7 +326,7 @@ pub struct Millicores(pub u64);
 
 impl fmt::Display for Millicores {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 1000 == 0 {
+        if self.0.is_multiple_of(1000) {
             write!(f, "{}", self.0 / 1000)
         } else {
             write!(f, "{}m", self.0)
