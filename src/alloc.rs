@@ -66,8 +66,22 @@ fn runs_daemon() -> bool {
 /// allocation failed"). A null from the allocator itself is reported the same way.
 #[inline]
 fn admit(size: usize) {
-    if !pailot::limits::heap::grow(size) {
+    if size >= COUNTED && !pailot::limits::heap::grow(size) {
         pailot::limits::memory_exhausted(size);
+    }
+}
+
+/// Blocks smaller than this are not counted. A render makes hundreds of thousands of them (map
+/// nodes, short strings), and counting each cost 3-4 % of a 3000-object render's instructions
+/// (BENCHMARKS.md); their total is bounded by the other limits (template fuel, input file size,
+/// the YAML reader's node and alias budgets), while what runs a heap away (a doubled string, a
+/// growing list or buffer) is made of large blocks, which are counted.
+const COUNTED: usize = 256;
+
+#[inline]
+fn release(size: usize) {
+    if size >= COUNTED {
+        pailot::limits::heap::shrink(size);
     }
 }
 
@@ -119,7 +133,7 @@ unsafe impl GlobalAlloc for PerCommand {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        pailot::limits::heap::shrink(layout.size());
+        release(layout.size());
         unsafe {
             if mode() == MIMALLOC {
                 MiMalloc.dealloc(ptr, layout)
@@ -131,9 +145,18 @@ unsafe impl GlobalAlloc for PerCommand {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        match new_size.checked_sub(layout.size()) {
-            Some(more) => admit(more),
-            None => pailot::limits::heap::shrink(layout.size() - new_size),
+        // Counted as freeing the old block and taking the new one (each counted only when large).
+        let (old, new) = (layout.size(), new_size);
+        if old >= COUNTED || new >= COUNTED {
+            let counted = |s: usize| if s >= COUNTED { s } else { 0 };
+            match counted(new).checked_sub(counted(old)) {
+                Some(more) => {
+                    if !pailot::limits::heap::grow(more) {
+                        pailot::limits::memory_exhausted(more);
+                    }
+                }
+                None => pailot::limits::heap::shrink(counted(old) - counted(new)),
+            }
         }
         unsafe {
             checked(
