@@ -380,10 +380,10 @@ pub fn memory_exhausted(requested: usize) -> ! {
         len: 0,
     };
     use std::fmt::Write as _;
-    let _ = write!(
+    let _ = writeln!(
         w,
         "error: {} exceeded its memory limit of {} MiB (an allocation of {} bytes was refused; \
-         PAILOT_LIMIT_MEMORY changes it)\n",
+         PAILOT_LIMIT_MEMORY changes it)",
         COMMAND.get().copied().unwrap_or("pailot"),
         limit / MIB,
         requested

@@ -91,7 +91,7 @@ fn parse_cluster(text: &str, shown: &str) -> Result<Cluster, InputError> {
             InputError::new(shown, "a cluster needs at least one machine").place("machines"),
         );
     }
-    cluster.check_names(&text, shown)?;
+    cluster.check_names(text, shown)?;
     Ok(cluster)
 }
 

@@ -187,7 +187,11 @@ fn distribution_base_fails_health_with_pending_pods_and_insufficient_memory() {
     assert!(r.stderr.contains("nothing was applied"), "{}", r.stderr);
     let pods = c.kubectl(&["get", "pods", "-n", &ns.name, "-o", "name"]);
     let stand_in_count = pods.stdout.lines().count();
-    assert_eq!(stand_in_count, stand_ins_len, "the gate let objects through:\n{}", pods.stdout);
+    assert_eq!(
+        stand_in_count, stand_ins_len,
+        "the gate let objects through:\n{}",
+        pods.stdout
+    );
     // ... and an operator who overrides it sees the health check fail the way the budget predicted.
     let r = apply_distribution_with(&c, &file, "60s", &["--allow-over-budget"]);
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
