@@ -476,24 +476,44 @@ fn watchdog_may_ping(
     waiting || heartbeat.age() < stall_limit
 }
 
-/// STATUS= for systemd on each phase change, and a `malloc_trim` once a reconcile settles.
+/// How long the daemon must have been idle, with no status change, before free heap pages are handed
+/// back: the work that follows a reconcile or drift check (history, notifications, watches, dropping the
+/// plan) frees memory after the phase turns idle, and a trim before it keeps those pages.
+const TRIM_AFTER_IDLE: Duration = Duration::from_millis(250);
+
+/// STATUS= for systemd on each phase change, and a `malloc_trim` once a reconcile or drift check has
+/// settled (idle, and no status change for [`TRIM_AFTER_IDLE`]).
 async fn follow_phases(status: StatusTx, mut stop: watch::Receiver<bool>) {
     let mut rx = status.subscribe();
     let mut last = None;
     loop {
         let phase = rx.borrow_and_update().phase;
-        if phase != last {
-            if let Some(p) = phase {
-                let _ = crate::systemd::status(p.as_str());
-                if p == Phase::Idle && last.is_some() {
-                    memory::release_free_memory();
-                }
-            }
-            last = phase;
+        if phase != last
+            && let Some(p) = phase
+        {
+            let _ = crate::systemd::status(p.as_str());
         }
+        // Any change while idle (a reconcile that just ended, a drift check's figures) re-arms the trim.
+        let trim_at = (phase == Some(Phase::Idle) && last.is_some())
+            .then(|| tokio::time::Instant::now() + TRIM_AFTER_IDLE);
+        last = phase;
+        let trim = async {
+            match trim_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = rx.changed() => if r.is_err() { break },
             _ = stop.changed() => break,
+            _ = trim => {
+                memory::release_free_memory();
+                // Wait for the next change before trimming again.
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { break },
+                    _ = stop.changed() => break,
+                }
+            }
         }
     }
 }
