@@ -396,6 +396,9 @@ struct Memory {
     cycle: Cycle,
     /// A reload arrived during an apply: fetch with force once it is done.
     reload_pending: bool,
+    /// A trigger that may carry a newer commit arrived while a render was ending, and its fetch was cut
+    /// short by the render's end: fetch for it once the loop is idle (it would be lost otherwise).
+    recheck_pending: Option<Trigger>,
     /// The first reconcile has ended.
     reported_first: bool,
     /// The loop's own receiver of the suspension (its seen-version tracks what the loop handled).
@@ -441,6 +444,7 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             next_drift: Instant::now() + drift_interval,
             cycle: Cycle::new(Trigger::Startup),
             reload_pending: false,
+            recheck_pending: None,
             reported_first: false,
             suspension: self.controls.suspension.clone(),
             correct_drift_once: false,
@@ -469,13 +473,22 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
                     let pinned = Self::pinned(&mem);
                     let refused = mem.persisted.last_failed_revision.clone();
                     let current = revision.commit.clone();
-                    let interrupt = self.interruption(&mut triggers, &current, refused, pinned);
+                    let mut checking = None;
+                    let interrupt =
+                        self.interruption(&mut triggers, &current, refused, pinned, &mut checking);
                     let rendered = self.rendering(&mut mem, revision);
                     let next = tokio::select! {
                         s = rendered => Ok(s),
                         i = interrupt => Err(i),
                         _ = stopped(&mut stop) => Ok(State::Stopped),
                     };
+                    if next.is_ok()
+                        && let Some(t) = checking
+                    {
+                        // The render ended while a trigger's fetch was in flight: that fetch is gone
+                        // with the interruption future, so the trigger is served once idle.
+                        mem.recheck_pending = Some(t);
+                    }
                     match next {
                         Ok(s) => s,
                         Err(Interruption::Newer(rev)) => {
@@ -552,6 +565,14 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             return State::Fetching {
                 force: true,
                 trigger: Trigger::Reload,
+            };
+        }
+        if let Some(trigger) = mem.recheck_pending.take()
+            && !self.suspended()
+        {
+            return State::Fetching {
+                force: false,
+                trigger,
             };
         }
         tokio::select! {
@@ -910,12 +931,16 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
 
     /// Completes when a trigger brings a commit newer than `current` (and not the refused one), or a
     /// reload arrives; other triggers are counted and dropped (the stage in flight covers them).
+    ///
+    /// `checking` holds the trigger whose fetch is in flight, so that a caller who drops this future
+    /// (the render ended first) can serve that trigger later instead of losing it.
     async fn interruption(
         &self,
         triggers: &mut mpsc::Receiver<Trigger>,
         current: &str,
         refused: Option<String>,
         pinned: Vec<String>,
+        checking: &mut Option<Trigger>,
     ) -> Interruption {
         loop {
             let Some(t) = triggers.recv().await else {
@@ -928,7 +953,10 @@ impl<S: Source, R: Renderer, A: Applier> Reconciler<S, R, A> {
             if !t.may_carry_a_revision() {
                 continue;
             }
-            if let Ok(rev) = self.fetch_pinned(pinned.clone()).await
+            *checking = Some(t);
+            let fetched = self.fetch_pinned(pinned.clone()).await;
+            *checking = None;
+            if let Ok(rev) = fetched
                 && rev.commit != current
                 && refused.as_ref() != Some(&rev.commit)
             {
@@ -1622,12 +1650,20 @@ mod tests {
     impl Source for FakeSource {
         async fn fetch(&self, _pinned: &[String]) -> Result<Revision, Failure> {
             self.1.fetch_add(1, Ordering::SeqCst);
-            let mut q = self.0.lock().unwrap();
-            let r = if q.len() > 1 {
-                q.pop_front().unwrap()
-            } else {
-                q.front().unwrap().clone()
+            let r = {
+                let mut q = self.0.lock().unwrap();
+                if q.len() > 1 {
+                    q.pop_front().unwrap()
+                } else {
+                    q.front().unwrap().clone()
+                }
             };
+            if let Ok(c) = &r
+                && c.starts_with("late")
+            {
+                // A slow remote.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
             r.map(|c| Revision {
                 commit: c.to_string(),
                 checkout: c.into(),
@@ -1646,6 +1682,9 @@ mod tests {
             if revision.commit.starts_with("slow") {
                 // A template that does too much work (bounded only by the helper's time limit).
                 tokio::time::sleep(Duration::from_secs(600)).await;
+            }
+            if revision.commit.starts_with("badlate") {
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
             if revision.commit.starts_with("bad") {
                 return Err(Failure::input(
@@ -1917,6 +1956,31 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(20)).await;
         assert_eq!(h.applied(), vec!["c1"]);
         assert_eq!(h.st().last_reconcile.unwrap().result, "success");
+        h.finish().await;
+    }
+
+    /// A commit pushed while a bad commit renders: its trigger's fetch is still in flight when the render
+    /// fails (a fast refusal, a slow remote). That fetch dies with the render's interruption check; the
+    /// trigger must still be served, or the fix waits for the next poll (an hour by default).
+    #[tokio::test(start_paused = true)]
+    async fn a_trigger_whose_fetch_outlives_a_failing_render_is_served_after_it() {
+        let h = start(
+            FakeSource::new(vec![Ok("c1")]),
+            FakeApplier::default(),
+            true,
+        );
+        h.settle().await;
+        h.source.set(Ok("badlate2"));
+        h.triggers.send(Trigger::Watch).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(h.st().phase, Some(Phase::Rendering));
+        h.source.set(Ok("late3"));
+        h.triggers.send(Trigger::Watch).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(h.applied(), vec!["c1", "late3"]);
+        let st = h.st();
+        assert_eq!(st.revision.as_deref(), Some("late3"));
+        assert_eq!(st.last_reconcile.unwrap().result, "success");
         h.finish().await;
     }
 
