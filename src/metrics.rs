@@ -212,7 +212,7 @@ fn fetch_histogram() -> Histogram {
 struct ProcessCollector;
 
 /// Resident set size of this process in bytes, from `/proc/self/status` (`VmRSS`, exact in kB).
-pub fn resident_memory_bytes() -> Option<u64> {
+fn resident_memory_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -554,12 +554,13 @@ impl Metrics {
     }
 
     /// Stamp `pailot_last_success_timestamp_seconds` with the current time.
-    pub fn last_success_now(&self) {
+    fn last_success_now(&self) {
         self.last_success.set(crate::clock::unix_now_f64());
     }
 
-    /// Unix time of the last successful reconcile, `None` before the first.
-    pub fn last_success(&self) -> Option<f64> {
+    /// Unix time of the last successful reconcile, `None` before the first (the unit tests read it).
+    #[cfg(test)]
+    fn last_success(&self) -> Option<f64> {
         let t = self.last_success.get();
         (t > 0.0).then_some(t)
     }
