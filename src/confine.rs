@@ -52,15 +52,7 @@ impl Root {
     /// Read `path` as UTF-8 text; `shown` names it in errors (repo-relative).
     pub fn read_text(&self, path: &Path, shown: &str) -> Result<String, InputError> {
         let bytes = self.read_bytes(path, shown)?;
-        String::from_utf8(bytes).map_err(|e| {
-            InputError::new(
-                shown,
-                format!(
-                    "not UTF-8 text (invalid byte at offset {})",
-                    e.utf8_error().valid_up_to()
-                ),
-            )
-        })
+        utf8_text(bytes, shown)
     }
 
     /// Read `path` (a regular file whose real path lies inside this root, no larger than
@@ -108,15 +100,7 @@ pub fn read_text_unconfined(path: &Path, shown: &str) -> Result<String, InputErr
         return Err(InputError::new(shown, "not a regular file"));
     }
     let bytes = read_bounded(file, shown)?;
-    String::from_utf8(bytes).map_err(|e| {
-        InputError::new(
-            shown,
-            format!(
-                "not UTF-8 text (invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
-            ),
-        )
-    })
+    utf8_text(bytes, shown)
 }
 
 fn read_bounded(file: std::fs::File, shown: &str) -> Result<Vec<u8>, InputError> {
@@ -176,6 +160,19 @@ pub fn lexically_inside(dir: &Path, path: &Path) -> bool {
         && !p
             .components()
             .any(|c| matches!(c, std::path::Component::ParentDir))
+}
+
+/// `bytes` as text, or an error naming `shown` and the first invalid byte.
+fn utf8_text(bytes: Vec<u8>, shown: &str) -> Result<String, InputError> {
+    String::from_utf8(bytes).map_err(|e| {
+        InputError::new(
+            shown,
+            format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
 }
 
 #[cfg(test)]
