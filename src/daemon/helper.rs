@@ -158,7 +158,13 @@ pub fn enable(program: PathBuf, log_json: bool) {
 }
 
 /// The running executable, as a path that stays valid if the file is replaced (Linux: `/proc/self/exe`).
+///
+/// `PAILOT_HELPER_EXE` names another executable instead: under valgrind `/proc/self/exe` is valgrind
+/// itself (`scripts/profile-daemon` profiles the daemon that way).
 pub fn own_executable() -> std::io::Result<PathBuf> {
+    if let Some(exe) = std::env::var_os("PAILOT_HELPER_EXE") {
+        return Ok(PathBuf::from(exe));
+    }
     let proc_exe = Path::new("/proc/self/exe");
     if proc_exe.exists() {
         Ok(proc_exe.to_path_buf())
