@@ -122,7 +122,17 @@ pub fn is_encrypted(doc: &Value) -> bool {
 /// Whether YAML/JSON text may hold sops metadata (a cheap test before parsing: a `sops` key at
 /// the start of a line).
 pub fn may_be_encrypted(text: &str) -> bool {
-    text.starts_with("sops:") || text.contains("\nsops:") || text.contains("\"sops\"")
+    // One pass over the text (every template and values file is tested): each `sops` found is
+    // judged by the bytes around it.
+    let bytes = text.as_bytes();
+    text.match_indices("sops").any(|(at, _)| {
+        let before = at.checked_sub(1).map(|i| bytes[i]);
+        let after = bytes.get(at + 4).copied();
+        matches!(
+            (before, after),
+            (None | Some(b'\n'), Some(b':')) | (Some(b'"'), Some(b'"'))
+        )
+    })
 }
 
 /// The file format by name: `.json` is JSON, everything else YAML.
@@ -696,6 +706,28 @@ fn decrypt_loaded(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_cheap_test_finds_sops_keys_where_parsing_would() {
+        for yes in [
+            "sops:\n  mac: x\n",
+            "a: 1\nsops:\n  version: 3\n",
+            "{\"a\": 1, \"sops\": {}}",
+        ] {
+            assert!(may_be_encrypted(yes), "{yes:?}");
+        }
+        for no in [
+            "",
+            "sops",
+            "a: sops:\n",
+            "a: 1\n  sops: x\n",
+            "nosops: 1\n",
+            "{\"sops_x\": 1}",
+            "xsops\"",
+        ] {
+            assert!(!may_be_encrypted(no), "{no:?}");
+        }
+    }
+
     use super::*;
 
     fn fixture(name: &str) -> String {
