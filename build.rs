@@ -9,7 +9,7 @@
 //! Release builds also pass `build/daemon-symbol-order.txt` to the linker (`--symbol-ordering-file`):
 //! the functions the daemon runs, recorded by `scripts/profile-daemon`, are placed together at the
 //! start of `.text`, so the idle daemon's resident code is those functions rather than every large
-//! page-cache folio they are scattered over (idle RSS 20.8–21.1 → 13.1–13.4 MiB, `BENCHMARKS.md`).
+//! page-cache folio they are scattered over (idle RSS 21.9–22.2 → 13.9 MiB, `BENCHMARKS.md`).
 //! Names the binary does not define (the list is from another toolchain or `Cargo.lock`) are ignored;
 //! `scripts/profile-daemon --check` says how much of the list still matches. Only rustc's default
 //! linker on x86_64 Linux (rust-lld, since Rust 1.90) is given the flag: a linker chosen with
