@@ -9,7 +9,8 @@
 //! actually opened: the kernel resolves the path beneath the root's directory (`openat2` with
 //! `RESOLVE_BENEATH`: one system call, no escape possible), and where it cannot (an absolute symlink,
 //! a kernel or sandbox without `openat2`, a path not under the root as given) the file is opened and
-//! the real path of what was opened is read back (`/proc/self/fd`). Every read of repository input goes through [`Root`]:
+//! the real path of what was opened is read back (`/proc/self/fd`). Every read of repository input
+//! goes through [`Root`]:
 //! chart loading, values, schemas, templates, `files/` reads from templates, overlays, patch
 //! files and the cluster file. Sizes are bounded by [`Limits::input_file`] (a 190 MB values file
 //! took 2 GB of memory before).

@@ -122,20 +122,9 @@ pub fn is_encrypted(doc: &Value) -> bool {
 /// Whether YAML/JSON text may hold sops metadata (a cheap test before parsing: a `sops` key at
 /// the start of a line).
 pub fn may_be_encrypted(text: &str) -> bool {
-    // Every template and values file is tested: one vectorised scan (`contains`) answers for the
-    // files that never say `sops`; the others are judged by the bytes around each `sops`.
-    if !text.contains("sops") {
-        return false;
-    }
-    let bytes = text.as_bytes();
-    text.match_indices("sops").any(|(at, _)| {
-        let before = at.checked_sub(1).map(|i| bytes[i]);
-        let after = bytes.get(at + 4).copied();
-        matches!(
-            (before, after),
-            (None | Some(b'\n'), Some(b':')) | (Some(b'"'), Some(b'"'))
-        )
-    })
+    // Every template and values file is tested: one scan answers for those that never say `sops`.
+    text.contains("sops")
+        && (text.starts_with("sops:") || text.contains("\nsops:") || text.contains("\"sops\""))
 }
 
 /// The file format by name: `.json` is JSON, everything else YAML.
